@@ -1,0 +1,148 @@
+"""The `edgelm` command line: a thin Typer layer. Each command calls one library function.
+
+Heavy modules (torch, onnx) are imported inside the commands that need them, so `edgelm run`
+and `edgelm devices` work on a device that has only the core install.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+from .errors import EdgelmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Compile and run small byte-level recurrent LMs on edge devices.")
+devices_app = typer.Typer(add_completion=False, help="Device profiles.", invoke_without_command=True)
+app.add_typer(devices_app, name="devices")
+
+
+def _emit(result: dict, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(result, indent=2) if as_json else text)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgelm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                        help="Print the version and exit.")) -> None:
+    """edgelm: train, quantize, export, build, run and profile byte-level recurrent LMs."""
+
+
+@app.command()
+def train(corpus: List[Path] = typer.Argument(..., help="Text files to train on."),
+          arch: str = typer.Option(..., help="lstm, gru, mingru, mamba or rglru."),
+          preset: str = typer.Option("tiny", help="Size preset: tiny or small."),
+          output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write."),
+          steps: int = typer.Option(300, help="Optimizer steps."),
+          seed: int = typer.Option(0, help="Random seed (training is deterministic for a seed)."),
+          batch_size: int = typer.Option(32), seq_len: int = typer.Option(128),
+          lr: float = typer.Option(3e-3, help="Peak learning rate.")) -> None:
+    """Train a byte-level model on text files and write a checkpoint."""
+    from .train import TrainConfig, train_from_files
+
+    cfg = TrainConfig(steps=steps, seed=seed, batch_size=batch_size, seq_len=seq_len, lr=lr)
+    summary = train_from_files(corpus, arch, preset, output, cfg)
+    typer.echo(f"wrote {output}: {summary['params']:,} params, held-out bpb {summary['val_bpb']:.3f}")
+
+
+@app.command("eval")
+def eval_cmd(model: Path, data: Path = typer.Option(..., help="Held-out text file."),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Bits per byte of a model on a file (streamed; memory does not grow with the file)."""
+    from .evaluate import evaluate_file
+
+    res = evaluate_file(model, data)
+    _emit(res, as_json, f"{res['bits_per_byte']:.4f} bits/byte over {res['bytes']:,} bytes")
+
+
+@app.command()
+def info(model: Path, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Architecture, parameter count, weight bytes per precision and state bytes per stream."""
+    from .evaluate import model_info, format_info
+
+    res = model_info(model)
+    _emit(res, as_json, format_info(res))
+
+
+@app.command()
+def export(model: Path, target: str = typer.Option("cpu", help="Device profile or family (see `edgelm devices`)."),
+           precision: Optional[str] = typer.Option(None, help="fp32 or fp16 (default: the target's)."),
+           output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write."),
+           force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory.")) -> None:
+    """Export ONNX step + prefill graphs into a validated deployment bundle for a target."""
+    from .export import export_bundle
+
+    manifest = export_bundle(model, target, precision, output, force=force)
+    typer.echo(f"wrote {output} for {manifest['target']['name']} ({manifest['precision']}); "
+               f"parity ok, max |dlogit| {manifest['validation']['max_abs_logit_diff']:.2e}")
+
+
+@app.command()
+def build(bundle: Path) -> None:
+    """Build a TensorRT engine for a bundle on the machine that will run it."""
+    from .export.trt_build import build_engine
+
+    res = build_engine(bundle)
+    typer.echo(f"wrote {res['engine']}: {res['engine_bytes']:,} bytes")
+
+
+@devices_app.callback()
+def devices_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List device profiles."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .devices import format_profiles, list_profiles
+
+    profiles = list_profiles()
+    _emit({"profiles": [p.to_dict() for p in profiles]}, as_json, format_profiles(profiles))
+
+
+@devices_app.command("detect")
+def devices_detect(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Name the profile of the machine this runs on."""
+    from .devices import detect
+
+    found = detect()
+    _emit(found, as_json, f"{found['profile']}  ({found['evidence']})")
+
+
+@app.command()
+def run(bundle: Path,
+        prompt: Optional[str] = typer.Option(None, help="Prompt text (may be empty)."),
+        prompt_file: Optional[Path] = typer.Option(None, help="Read the prompt bytes from a file."),
+        max_bytes: int = typer.Option(256, help="Bytes to generate."),
+        temperature: float = typer.Option(1.0), top_k: int = typer.Option(0), top_p: float = typer.Option(1.0),
+        seed: Optional[int] = typer.Option(None), backend: str = typer.Option("auto"),
+        streams: int = typer.Option(1, help="Generate this many streams in one batch."),
+        as_json: bool = typer.Option(False, "--json", help="JSON lines with per-byte timing.")) -> None:
+    """Stream generated text from a bundle to stdout."""
+    from .runtime.cli_run import RunOptions, run_bundle
+
+    opts = RunOptions(prompt=prompt, prompt_file=prompt_file, max_bytes=max_bytes,
+                      temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                      backend=backend, streams=streams, as_json=as_json)
+    run_bundle(bundle, opts)
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgelmError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
