@@ -1,0 +1,15 @@
+"""Device profiles and detection (standard library only: safe to import on any device).
+
+    get_profile("jetson")   -> DeviceProfile for jetson-orin-nano-8gb
+    list_profiles()         -> every shipped profile (devices/profiles/*.toml)
+    detect()                -> {"profile": "cpu-x86", "evidence": "...", ...}
+"""
+
+from .detect import detect, parse_gpu_name, parse_jetson_model, parse_nvidia_smi
+from .loader import ALIASES, get_profile, list_profiles, resolve_alias, valid_targets
+from .profile import PRECISIONS, DeviceProfile
+from .table import format_profiles
+
+__all__ = ["ALIASES", "PRECISIONS", "DeviceProfile", "detect", "format_profiles", "get_profile",
+           "list_profiles", "parse_gpu_name", "parse_jetson_model", "parse_nvidia_smi",
+           "resolve_alias", "valid_targets"]

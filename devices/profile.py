@@ -1,0 +1,79 @@
+"""DeviceProfile: what edgelm knows about a deployment target (standard library only)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4")
+FAMILIES = ("jetson", "gpu", "cpu")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    family: str  # "jetson" | "gpu" | "cpu"
+    description: str
+    compute_capability: str | None  # "8.7"; None for CPUs
+    memory_gib: float  # device memory (shared with the OS on a Jetson)
+    app_memory_fraction: float  # share of memory_gib one edgelm app may plan for
+    memory_bandwidth_gbs: float
+    peak_fp16_tflops: float
+    peak_int8_tops: float  # 0 if the device has no INT8 tensor cores
+    precisions: tuple[str, ...]
+    dla_cores: int
+    jetpack: str | None
+    tensorrt_versions: tuple[str, ...]  # TensorRT the device's stack ships; () for CPUs
+    default_precision: str  # "fp32" | "fp16"
+    default_max_streams: int
+    builder_optimization_level: int  # TensorRT builder optimization level, 0-5
+    sources: tuple[str, ...]
+
+    @property
+    def app_memory_bytes(self) -> int:
+        return int(self.memory_gib * self.app_memory_fraction * (1 << 30))
+
+    @property
+    def tensorrt_major(self) -> int | None:
+        majors = [int(v.split(".")[0]) for v in self.tensorrt_versions]
+        return max(majors) if majors else None
+
+    def supports(self, precision: str) -> bool:
+        return precision in self.precisions
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("precisions", "tensorrt_versions", "sources"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DeviceProfile":
+        """Build a profile from to_dict() output (e.g. a bundle manifest's "target")."""
+        names = {f.name for f in fields(cls)}
+        missing = names - d.keys()
+        if missing:
+            raise ValueError(f"device profile lacks {', '.join(sorted(missing))}")
+        kw = {k: d[k] for k in names}
+        for key in ("precisions", "tensorrt_versions", "sources"):
+            kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+
+def check_profile(p: DeviceProfile) -> list[str]:
+    """Problems with a profile's values (empty when sane)."""
+    problems = []
+    if p.family not in FAMILIES:
+        problems.append(f"family {p.family!r} not in {FAMILIES}")
+    if (p.compute_capability is None) != (p.family == "cpu"):
+        problems.append("compute_capability must be set for GPUs and None for CPUs")
+    if not 0 < p.app_memory_fraction <= 1:
+        problems.append("app_memory_fraction must be in (0, 1]")
+    if not set(p.precisions) <= set(PRECISIONS) or p.default_precision not in p.precisions:
+        problems.append(f"precisions {p.precisions} / default {p.default_precision} invalid")
+    if p.default_precision not in ("fp32", "fp16"):
+        problems.append("default_precision must be fp32 or fp16")
+    if not 0 <= p.builder_optimization_level <= 5 or p.default_max_streams < 1:
+        problems.append("builder_optimization_level must be 0-5 and default_max_streams >= 1")
+    if p.memory_gib <= 0 or p.memory_bandwidth_gbs <= 0 or not p.sources:
+        problems.append("memory, bandwidth and sources must be given")
+    return problems
