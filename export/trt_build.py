@@ -1,0 +1,299 @@
+"""Build a TensorRT engine for a bundle, on the device that will run it.
+
+No engine can be cross-built on x86 for a Jetson: engines are tied to the GPU architecture and the
+TensorRT version. So `edgelm export` writes ONNX plus `build_engine.sh` (the exact `trtexec` command,
+see `build_engine_script`), and on the device either that script or `edgelm build DIR`
+(`build_engine`, the TensorRT Python API) writes `engine.plan` into the bundle.
+
+Engines are built strongly typed: precision lives in the ONNX graph (fp16 casts, Q/DQ), and no
+FP16/INT8 builder flag is ever set. TensorRT 11 is strongly typed only; 10.x supports it via the
+STRONGLY_TYPED network flag. Written against the 10.x/11.x Python API; type-checked against
+`tensorrt-stubs` (tests/test_trt_build.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..devices import DeviceProfile, get_profile
+from ..errors import EdgelmError
+from ..fileio import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+ENGINE_FILE = "engine.plan"
+TIMING_CACHE = "timing.cache"
+JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+MIB = 1 << 20
+MIN_WORKSPACE, MAX_WORKSPACE = 256 * MIB, 4096 * MIB
+OPT_STREAMS = 8  # the optimization profile's tuned batch (capped by max_streams)
+
+Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+# ---------------------------------------------------------------- pure helpers (tested anywhere)
+
+def profile_shapes(inputs: list[dict], max_streams: int) -> Shapes:
+    """(min, opt, max) shape of every graph input: batch 1 / min(8, max_streams) / max_streams."""
+    if int(max_streams) < 1:
+        raise EdgelmError(f"max_streams must be >= 1 (manifest says {max_streams}); re-export the bundle")
+    batches = (1, min(OPT_STREAMS, int(max_streams)), int(max_streams))
+    shapes: Shapes = {}
+    for spec in inputs:
+        dims = spec["shape"]
+        other = [d for d in dims if isinstance(d, str) and d != "batch"]
+        if other:
+            raise EdgelmError(f"input {spec['name']} has dynamic dims {other}; only 'batch' may be dynamic")
+        mn, opt, mx = (tuple(b if d == "batch" else int(d) for d in dims) for b in batches)
+        shapes[spec["name"]] = (mn, opt, mx)
+    return shapes
+
+
+def workspace_bytes(profile: DeviceProfile) -> int:
+    """Builder workspace: a quarter of the app's memory budget, clamped to [256 MiB, 4 GiB], whole MiB."""
+    budget = profile.app_memory_bytes // 4
+    return max(MIN_WORKSPACE, min(MAX_WORKSPACE, budget)) // MIB * MIB
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    parts = [int(p) for p in version.split(".")[:2]]
+    return (parts[0], parts[1] if len(parts) > 1 else 0)
+
+
+def _oldest_tensorrt(profile: DeviceProfile) -> tuple[int, int]:
+    """The oldest TensorRT the target may have: the script's flags must work on all of them."""
+    if not profile.tensorrt_versions:
+        raise EdgelmError(f"target {profile.name} has no TensorRT; TensorRT engines are for NVIDIA GPUs "
+                          "(re-export with a GPU or Jetson --target)")
+    return min(_version_tuple(v) for v in profile.tensorrt_versions)
+
+
+def _shape_arg(shapes: Shapes, which: int) -> str:
+    return ",".join(f"{name}:{'x'.join(str(d) for d in dims[which])}" for name, dims in shapes.items())
+
+
+def trtexec_args(manifest: dict, profile: DeviceProfile) -> list[str]:
+    """The trtexec arguments that build engine.plan for the target (run in the bundle directory)."""
+    trt_version = _oldest_tensorrt(profile)
+    step = manifest["graphs"]["step"]
+    shapes = profile_shapes(step["inputs"], manifest["max_streams"])
+    args = [f"--onnx={step['file']}", f"--saveEngine={ENGINE_FILE}"]
+    if trt_version >= (10, 0):
+        args.append("--stronglyTyped")
+    elif manifest["precision"] == "fp16":  # TensorRT 8.x: weakly typed, precision by flag
+        args.append("--fp16")
+    args += [f"--{kind}Shapes={_shape_arg(shapes, i)}" for i, kind in enumerate(("min", "opt", "max"))]
+    mib = workspace_bytes(profile) // MIB
+    args.append(f"--memPoolSize=workspace:{mib}M" if trt_version >= (8, 4) else f"--workspace={mib}")
+    args.append(f"--timingCacheFile={TIMING_CACHE}")
+    if trt_version >= (8, 6):
+        args.append(f"--builderOptimizationLevel={profile.builder_optimization_level}")
+    return args
+
+
+_SCRIPT_HEAD = """#!/usr/bin/env bash
+# Build {engine} for {target} (TensorRT {versions}) on the device itself: engines are tied to the
+# GPU and the TensorRT version, so they cannot be built elsewhere. Written by edgelm export.
+# Where the TensorRT Python bindings and edgelm are installed, `edgelm build DIR` does the same and
+# also records the engine in manifest.json. Extra arguments are passed on to trtexec.
+set -euo pipefail
+cd "$(dirname "$0")"
+TRTEXEC="${{TRTEXEC:-}}"
+if [ -z "$TRTEXEC" ]; then
+  if [ -x {jetson} ]; then TRTEXEC={jetson}
+  elif command -v trtexec >/dev/null 2>&1; then TRTEXEC="$(command -v trtexec)"
+  else echo "error: trtexec not found at {jetson} or on PATH; install TensorRT or set TRTEXEC" >&2; exit 2
+  fi
+fi
+"""
+
+
+def build_engine_script(manifest: dict, profile: DeviceProfile) -> str:
+    """Text of build_engine.sh: the exact trtexec command for the target (bash, set -euo pipefail)."""
+    head = _SCRIPT_HEAD.format(engine=ENGINE_FILE, target=profile.name, jetson=JETSON_TRTEXEC,
+                               versions=" or ".join(profile.tensorrt_versions) or "none")
+    lines = [f"  {shlex.quote(a)} \\" for a in trtexec_args(manifest, profile)]
+    return head + '"$TRTEXEC" \\\n' + "\n".join(lines) + '\n  "$@"\n'
+
+
+# ---------------------------------------------------------------- building with the Python API
+
+def _read_manifest(bundle: Path) -> dict:
+    """The bundle's manifest, after verifying its format and every file's sha256."""
+    from ..runtime.bundle import load_bundle
+
+    return load_bundle(bundle).manifest
+
+
+def _tensorrt_available() -> bool:
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        return False
+    return hasattr(tensorrt, "Builder")  # tensorrt-stubs alone leaves an empty namespace package
+
+
+def _target_profile(manifest: dict) -> DeviceProfile:
+    target = manifest.get("target") or {}
+    try:
+        profile = DeviceProfile.from_dict(target)
+    except (ValueError, TypeError):
+        profile = get_profile(str(target.get("name", "")))
+    _oldest_tensorrt(profile)  # refuses CPU targets
+    return profile
+
+
+def _make_logger(verbose: bool) -> tuple[trt.ILogger, list[str]]:
+    """A TensorRT logger that keeps warnings and errors (and prints INFO too when verbose)."""
+    import tensorrt as trt
+
+    messages: list[str] = []
+    keep = trt.ILogger.Severity.INFO if verbose else trt.ILogger.Severity.WARNING
+
+    class _Collector(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if severity <= keep:
+                messages.append(f"{severity.name}: {msg}")
+                if verbose:
+                    print(f"[TensorRT] {severity.name}: {msg}", file=sys.stderr)
+
+    return _Collector(), messages
+
+
+def _errors(messages: list[str], limit: int = 5) -> str:
+    errs = [m for m in messages if m.startswith(("ERROR", "INTERNAL_ERROR"))] or messages
+    return " | ".join(m.replace("\n", " ") for m in errs[-limit:]) or "no message from TensorRT"
+
+
+def _network_flags() -> int:
+    import tensorrt as trt
+
+    # TensorRT 10: ask for strong typing; 11: strongly typed and explicit batch are implied.
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 1 << int(strongly_typed) if strongly_typed is not None else 0
+
+
+def _network_from_onnx(builder: trt.Builder, logger: trt.ILogger,
+                       onnx_path: Path) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+    """Parse the step graph; the parser is returned too because it owns the weights' memory."""
+    import tensorrt as trt
+
+    network = builder.create_network(_network_flags())
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = []
+        for i in range(parser.num_errors):
+            err: trt.ParserError = parser.get_error(i)
+            errors.append(f"node {err.node()} ({err.node_operator()}): {err.desc()}")
+        raise EdgelmError(f"TensorRT could not parse {onnx_path}: {' | '.join(errors) or 'unknown error'}")
+    return network, parser
+
+
+def _builder_config(builder: trt.Builder, profile: DeviceProfile) -> trt.IBuilderConfig:
+    """Workspace from the device's memory budget and its optimization level; no precision flags."""
+    import tensorrt as trt
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes(profile))
+    config.builder_optimization_level = profile.builder_optimization_level
+    return config
+
+
+def _add_profile(builder: trt.Builder, config: trt.IBuilderConfig, shapes: Shapes) -> None:
+    import tensorrt as trt
+
+    opt_profile = builder.create_optimization_profile()
+    for name, (mn, opt, mx) in shapes.items():
+        opt_profile.set_shape(name, trt.Dims(list(mn)), trt.Dims(list(opt)), trt.Dims(list(mx)))
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise EdgelmError("TensorRT rejected the optimization profile (check the step graph's input names)")
+
+
+def _timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    """Load the timing cache kept beside the engine (an empty one the first time)."""
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    atomic_write_bytes(path, bytes(config.get_timing_cache().serialize()))
+
+
+def _build_plan(bundle: Path, manifest: dict, profile: DeviceProfile, verbose: bool) -> bytes:
+    import tensorrt as trt
+
+    logger, messages = _make_logger(verbose)
+    builder = trt.Builder(logger)
+    step = manifest["graphs"]["step"]
+    network, _parser = _network_from_onnx(builder, logger, bundle / step["file"])
+    config = _builder_config(builder, profile)
+    _add_profile(builder, config, profile_shapes(step["inputs"], manifest["max_streams"]))
+    _timing_cache(config, bundle / TIMING_CACHE)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EdgelmError(f"TensorRT could not build an engine for {bundle}: {_errors(messages)}")
+    _save_timing_cache(config, bundle / TIMING_CACHE)
+    return bytes(plan)
+
+
+def _engine_memory(plan: bytes) -> dict:
+    """Device memory (and total weight bytes where the API reports it) of a serialized engine."""
+    import tensorrt as trt
+
+    logger, messages = _make_logger(False)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    if engine is None:
+        raise EdgelmError(f"TensorRT could not load the engine it just built: {_errors(messages)}")
+    if hasattr(engine, "device_memory_size_v2"):
+        memory = int(engine.device_memory_size_v2)
+    else:
+        memory = int(engine.device_memory_size)
+    stat = getattr(trt, "EngineStat", None)  # TensorRT 11: engine statistics
+    weights = None
+    if stat is not None and hasattr(engine, "get_engine_stat"):
+        weights = int(getattr(engine, "get_engine_stat")(stat.TOTAL_WEIGHTS_SIZE))
+    return {"device_memory_bytes": memory, "weights_bytes": weights}
+
+
+def _record_engine(bundle: Path, manifest: dict, plan: bytes) -> dict:
+    """Add the engine section and its sha256 to manifest.json (atomically) and return the section."""
+    import hashlib
+
+    import tensorrt as trt
+
+    from ..devices import detect
+
+    sha = hashlib.sha256(plan).hexdigest()
+    section = {"file": ENGINE_FILE, "sha256": sha, "bytes": len(plan), **_engine_memory(plan),
+               "tensorrt_version": trt.__version__, "built_on": detect().get("gpu_name", "unknown GPU")}
+    manifest["engine"] = section
+    manifest.setdefault("files", {})[ENGINE_FILE] = sha
+    atomic_write_text(bundle / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return section
+
+
+def build_engine(bundle_dir: str | Path, verbose: bool = False) -> dict:
+    """Build engine.plan for a bundle on this machine's GPU and record it in the manifest.
+
+    Returns {"engine": path, "engine_bytes": n, ...the manifest's engine section}.
+    """
+    bundle = Path(bundle_dir)
+    manifest = _read_manifest(bundle)
+    if not _tensorrt_available():
+        raise EdgelmError(f"TensorRT is not installed here; copy {bundle} to the device and run "
+                          f"build_engine.sh or `edgelm build {bundle}` there")
+    profile = _target_profile(manifest)
+    plan = _build_plan(bundle, manifest, profile, verbose)
+    atomic_write_bytes(bundle / ENGINE_FILE, plan)
+    section = _record_engine(bundle, manifest, plan)
+    return {"engine": str(bundle / ENGINE_FILE), "engine_bytes": len(plan), **section}
