@@ -1,0 +1,93 @@
+"""The backend interface: every backend is one small file with the same four methods.
+
+A backend owns preallocated, batch-first buffers sized for `max_streams` streams:
+  step(byte_ids (B,) int64, states)      -> (logits (B, 256) float32, new_states)
+  prefill(byte_ids (B, C) int64, states) -> (logits of the last byte (B, 256), new_states)
+`states` is a list of float32 arrays (B, *shape), one per bundle state tensor, in manifest order.
+Returned arrays are views of the backend's output buffers: valid until the next call
+(ping-pong: an output is never the buffer that is read as the next input).
+Callers that fill `input_views(B)` / `ids_view(B, C)` in place pass them straight through
+without a copy; anything else is copied into the input buffers first (no allocation either way).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..bundle import Bundle
+
+VOCAB = 256
+
+
+class Backend:
+    name = "base"
+
+    def __init__(self, bundle: Bundle, device: str | None, max_streams: int):
+        self.bundle, self.device, self.max_streams = bundle, device, max_streams
+        self.chunk = bundle.prefill_chunk
+        shapes = [(max_streams, *s.shape) for s in bundle.state]
+        self.state_in = [np.zeros(s, np.float32) for s in shapes]
+        self.state_out = [np.zeros(s, np.float32) for s in shapes]
+        self.ids_step = np.zeros((max_streams,), np.int64)
+        self.ids_prefill = np.zeros((max_streams, self.chunk), np.int64)
+        self.logits = np.zeros((max_streams, VOCAB), np.float32)
+        self.parity = 0  # flips every call: which physical buffer is state_in
+
+    @property
+    def buffer_bytes(self) -> int:
+        arrays = [*self.state_in, *self.state_out, self.ids_step, self.ids_prefill, self.logits]
+        return sum(a.nbytes for a in arrays)
+
+    # -- buffers the caller may fill in place ------------------------------------------
+    def input_views(self, batch: int) -> list[np.ndarray]:
+        return [buf[:batch] for buf in self.state_in]
+
+    def ids_view(self, batch: int, chunk: int = 0) -> np.ndarray:
+        return self.ids_prefill[:batch] if chunk else self.ids_step[:batch]
+
+    def _stage(self, byte_ids: np.ndarray, states: list[np.ndarray]) -> int:
+        """Copy caller arrays into the input buffers unless they already are them; return B."""
+        batch = byte_ids.shape[0]
+        if not 0 < batch <= self.max_streams:
+            raise ValueError(f"batch {batch} outside 1..{self.max_streams}")
+        ids = self.ids_view(batch, byte_ids.shape[1] if byte_ids.ndim == 2 else 0)
+        if not _same(ids, byte_ids):
+            np.copyto(ids, byte_ids, casting="same_kind")
+        for buf, st in zip(self.state_in, states):
+            if not _same(buf[:batch], st):
+                np.copyto(buf[:batch], st)
+        return batch
+
+    # -- the interface -----------------------------------------------------------------
+    def step(self, byte_ids: np.ndarray, states: list[np.ndarray]):
+        batch = self._stage(byte_ids, states)
+        self._run("step", batch)
+        return self._flip(batch)
+
+    def prefill(self, byte_ids: np.ndarray, states: list[np.ndarray]):
+        if byte_ids.ndim != 2 or byte_ids.shape[1] != self.chunk:
+            raise ValueError(f"prefill takes (B, {self.chunk}) byte ids, got {byte_ids.shape}")
+        batch = self._stage(byte_ids, states)
+        self._run("prefill", batch)
+        return self._flip(batch)
+
+    def _flip(self, batch: int):
+        """Ping-pong: the outputs just written become the next call's inputs."""
+        self.state_in, self.state_out = self.state_out, self.state_in
+        self.parity ^= 1
+        return self.logits[:batch], [buf[:batch] for buf in self.state_in]
+
+    def _run(self, graph: str, batch: int) -> None:
+        """Read ids and state_in[:batch]; write logits and state_out[:batch] (never aliased)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+    def close(self) -> None:
+        pass
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return (a.shape == b.shape and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])

@@ -1,0 +1,95 @@
+"""ONNX Runtime backend: CPU, or the CUDA / TensorRT execution providers where installed.
+
+Each (graph, batch) pair gets one IOBinding, made once, that binds slices of the preallocated
+buffers as OrtValues; a call is then a single `run_with_iobinding` that writes logits and new
+state straight into the output buffers. The provider actually used is checked after the session
+is created: asking for CUDA and getting CPU is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from ...errors import EdgelmError
+from .base import Backend
+
+PROVIDERS = {
+    None: ["CPUExecutionProvider"],
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def available() -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu for CUDA)"
+    return None
+
+
+def _session_options(ort, threads: int | None):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.enable_mem_pattern = True
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return opts
+
+
+def _check_providers(ort, device: str | None) -> list[str]:
+    if device not in PROVIDERS:
+        raise EdgelmError(f"unknown device {device!r} for onnxruntime; use cpu, cuda or tensorrt")
+    wanted = PROVIDERS[device]
+    have = ort.get_available_providers()
+    if wanted[0] not in have:
+        raise EdgelmError(f"onnxruntime here has no {wanted[0]} (available: {', '.join(have)}); "
+                          "install onnxruntime-gpu with matching CUDA libraries, or use device='cpu'")
+    return wanted
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, bundle, device, max_streams, threads: int | None = None):
+        super().__init__(bundle, device, max_streams)
+        import onnxruntime as ort
+
+        self._ort = ort
+        providers = _check_providers(ort, device)
+        opts = _session_options(ort, threads)
+        self.sessions = {g: ort.InferenceSession(str(bundle.graph_path(g)), opts, providers=providers)
+                         for g in ("step", "prefill")}
+        got = self.sessions["step"].get_providers()
+        if got[0] != providers[0]:
+            raise EdgelmError(f"onnxruntime fell back to {got[0]} although {providers[0]} was asked for "
+                              "(CUDA/TensorRT libraries missing or incompatible); fix the install or use device='cpu'")
+        self.providers = got
+        self._bindings: dict[tuple[str, int, int], object] = {}  # (graph, batch, parity)
+
+    def _binding(self, graph: str, batch: int):
+        key = (graph, batch, self.parity)
+        if key not in self._bindings:
+            self._bindings[key] = self._make_binding(graph, batch)
+        return self._bindings[key]
+
+    def _make_binding(self, graph: str, batch: int):
+        ov = self._ort.OrtValue.ortvalue_from_numpy
+        binding = self.sessions[graph].io_binding()
+        ids = self.ids_prefill if graph == "prefill" else self.ids_step
+        binding.bind_ortvalue_input("byte_ids", ov(ids[:batch]))
+        binding.bind_ortvalue_output("logits", ov(self.logits[:batch]))
+        for spec, src, dst in zip(self.bundle.state, self.state_in, self.state_out):
+            binding.bind_ortvalue_input(spec.input, ov(src[:batch]))
+            binding.bind_ortvalue_output(spec.output, ov(dst[:batch]))
+        return binding
+
+    def _run(self, graph: str, batch: int) -> None:
+        self.sessions[graph].run_with_iobinding(self._binding(graph, batch))
+
+    def describe(self) -> str:
+        return f"onnxruntime {self._ort.__version__} ({self.providers[0]})"
+
+
+BACKEND = OrtBackend

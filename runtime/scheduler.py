@@ -1,0 +1,70 @@
+"""Continuous batching: many streams advance in one batched step; they join and leave between steps.
+
+Each step samples one byte per active stream (each from its own sampler and logits), runs one
+batched step over exactly the active streams (batch = active count, up to the session's
+max_streams), then hands each stream its emitted bytes. A stream's bytes and state are what it
+would get running alone: batching changes only which rows of the same buffers it occupies.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from .sampling import Sampler, Sampling
+from .stream import Generation, Stream
+
+
+class Scheduler:
+    def __init__(self, session):
+        self.session = session
+        self.jobs: list[Generation] = []
+        self._slots: tuple[int, ...] = ()
+        self._ids = np.zeros(session.max_streams, np.int64)
+
+    @property
+    def active(self) -> int:
+        return len(self.jobs)
+
+    def add(self, stream: Stream, max_bytes: int, sampling: Sampling | None = None, stop=()) -> Generation:
+        """Join `stream` (already fed its prompt) to the batch for `max_bytes` more bytes."""
+        stream._check_open()
+        if any(j.stream is stream for j in self.jobs):
+            raise ValueError("stream is already scheduled")
+        if sampling is not None:
+            stream.sampler = Sampler(sampling)
+        job = Generation(stream, max_bytes, stop)
+        if not job.done:
+            self.jobs.append(job)
+            self._resync()
+        return job
+
+    def remove(self, stream: Stream) -> None:
+        self.jobs = [j for j in self.jobs if j.stream is not stream]
+        self._resync()
+
+    def _resync(self) -> None:
+        self._slots = tuple(j.stream.slot for j in self.jobs)
+
+    def step(self) -> list[tuple[Stream, bytes]]:
+        """One batched step of every active stream; finished streams leave the batch."""
+        jobs, batch = self.jobs, len(self.jobs)
+        if not batch:
+            return []
+        ids = self._ids[:batch]
+        for i, job in enumerate(jobs):
+            ids[i] = job.choose()
+        self.session.run("step", self._slots, ids)
+        out = [(job.stream, job.accept(int(ids[i]))) for i, job in enumerate(jobs)]
+        if any(job.done for job in jobs):
+            self.jobs = [j for j in jobs if not j.done]
+            self._resync()
+        return out
+
+    def run(self) -> Iterator[tuple[Stream, bytes]]:
+        """Step until every stream is done, yielding (stream, bytes) for non-empty emissions."""
+        while self.jobs:
+            for stream, data in self.step():
+                if data:
+                    yield stream, data

@@ -1,0 +1,148 @@
+"""`Session`: one verified bundle, one backend, and a fixed pool of per-stream state slots.
+
+All memory is allocated when the session opens:
+  - the state pool: `max_streams` x `state_bytes_per_stream` (each stream owns one slot) plus
+    `max_streams` x 256 float32 next-byte logits;
+  - the backend's buffers: two (ping-pong) batch-first copies of the state, the byte ids
+    (step and prefill) and the logits, all for `max_streams` streams.
+`buffer_bytes` is the total. Running a batch gathers its streams' slots into the backend's input
+buffers; while the same set of streams keeps running (the hot path: one stream generating, or a
+stable batch) their state stays resident in the backend and nothing is copied back until
+something needs the pool (`flush`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgelmError
+from .backends import open_backend
+from .bundle import Bundle, load_bundle
+from .sampling import Sampling
+
+VOCAB = 256
+_BOUND_BACKENDS = ("tensorrt",)  # engines are built for the bundle's max batch
+
+
+class Session:
+    def __init__(self, bundle: Bundle, backend, max_streams: int):
+        self.bundle, self.backend, self.max_streams = bundle, backend, max_streams
+        self.pool = [np.zeros((max_streams, *s.shape), np.float32) for s in bundle.state]
+        self.logits_pool = np.zeros((max_streams, VOCAB), np.float32)
+        self._free = list(range(max_streams - 1, -1, -1))
+        self._resident: tuple[int, ...] | None = None
+        self._resident_idx = np.zeros(0, np.int64)
+
+    @classmethod
+    def open(cls, bundle_dir: str | Path, backend: str = "auto", device: str | None = None,
+             max_streams: int | None = None, verify: bool = True) -> "Session":
+        """Verify the bundle (sha256 of every file) and start `backend` on `device`."""
+        bundle = load_bundle(bundle_dir, verify=verify)
+        n = bundle.max_streams if max_streams is None else int(max_streams)
+        if n < 1:
+            raise EdgelmError(f"max_streams must be >= 1, got {n}")
+        be = open_backend(backend, bundle, device, n)
+        if n > bundle.max_streams and be.name in _BOUND_BACKENDS:
+            be.close()
+            raise EdgelmError(f"max_streams {n} exceeds the bundle's {bundle.max_streams} "
+                              f"(the {be.name} engine's batch limit); re-export with a larger profile")
+        return cls(bundle, be, n)
+
+    # -- sizes -------------------------------------------------------------------------
+    @property
+    def state_bytes_per_stream(self) -> int:
+        """Recurrent state bytes of one stream (float32), whatever its length."""
+        return sum(int(np.prod(s.shape)) * 4 for s in self.bundle.state)
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Every buffer this session holds: state pool + logits pool + backend buffers."""
+        pool = sum(a.nbytes for a in self.pool) + self.logits_pool.nbytes
+        return pool + self.backend.buffer_bytes
+
+    # -- streams -----------------------------------------------------------------------
+    def stream(self, sampling: Sampling | None = None, prompt: bytes | str = b""):
+        """A new stream in the initial state (optionally fed `prompt`)."""
+        from .stream import Stream
+
+        stream = Stream(self, self._acquire(), sampling)
+        if prompt:
+            stream.feed(prompt)
+        return stream
+
+    def restore(self, blob: bytes):
+        """A new stream continuing exactly where the snapshotted one stopped."""
+        stream = self.stream()
+        try:
+            return stream.restore(blob)
+        except BaseException:
+            stream.close()
+            raise
+
+    def scheduler(self):
+        from .scheduler import Scheduler
+
+        return Scheduler(self)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- slots -------------------------------------------------------------------------
+    def _acquire(self) -> int:
+        if not self._free:
+            raise EdgelmError(f"all {self.max_streams} stream slots are in use; close a stream "
+                              "or open the session with a larger max_streams")
+        slot = self._free.pop()
+        self.write_slot(slot, None, None)
+        return slot
+
+    def _release(self, slot: int) -> None:
+        self.flush()
+        self._free.append(slot)
+
+    def read_slot(self, slot: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """Copies of a slot's state tensors (1, *shape) and logits (256,)."""
+        self.flush()
+        return [p[slot:slot + 1].copy() for p in self.pool], self.logits_pool[slot].copy()
+
+    def write_slot(self, slot: int, states, logits) -> None:
+        """Set a slot's state and logits (None = the initial state / uniform logits)."""
+        self.flush()
+        for i, p in enumerate(self.pool):
+            p[slot] = 0.0 if states is None else states[i].reshape(p.shape[1:])
+        self.logits_pool[slot] = 0.0 if logits is None else logits
+
+    # -- running -----------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write the resident batch's state back into the pool."""
+        if self._resident is None:
+            return
+        idx = self._resident_idx
+        for p, cur in zip(self.pool, self.backend.input_views(len(idx))):
+            p[idx] = cur
+        self._resident = None
+
+    def _gather(self, slots: tuple[int, ...]) -> None:
+        self.flush()
+        idx = np.fromiter(slots, np.int64, len(slots))
+        for p, view in zip(self.pool, self.backend.input_views(len(idx))):
+            np.take(p, idx, axis=0, out=view)
+        self._resident, self._resident_idx = slots, idx
+
+    def run(self, graph: str, slots: tuple[int, ...], byte_ids: np.ndarray) -> np.ndarray:
+        """Advance streams `slots` by one step (ids (B,)) or one prefill chunk (ids (B, C))."""
+        if slots != self._resident:
+            self._gather(slots)
+        batch = len(slots)
+        run = self.backend.prefill if graph == "prefill" else self.backend.step
+        logits, _ = run(byte_ids, self.backend.input_views(batch))
+        self.logits_pool[self._resident_idx] = logits
+        return logits
