@@ -1,35 +1,155 @@
-"""Checkpoint IO: `model.pt` = {"format": "edgelm", "version": 1, "arch", "config", "state_dict"}.
+"""Checkpoint IO: `model.pt` = {"format": "edgelm", "version": 1, "arch", "config", "state_dict", ...}.
 
-Always read with torch.load(weights_only=True): a file that needs pickled code is refused.
-(Preliminary version: the foundation issue hardens it and adds char-RNN import.)
+Files are always read with torch.load(weights_only=True): a file that needs pickled code is
+refused before any of it runs. Every problem with a file becomes a one-line EdgelmError that
+names the fix. A file that is not an edgelm checkpoint but holds a classic char-RNN state_dict
+(Embedding + LSTM/GRU + Linear) is converted by `edgelm.charrnn`.
 """
 
 from __future__ import annotations
 
+import pickle
+import pickletools
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
 from .errors import EdgelmError
 from .fileio import atomic_path
-from .models import ByteLM, build_model
+from .models import ARCHS, ByteLM, build_model
 
 FORMAT, VERSION = "edgelm", 1
+MAX_LISTED = 6  # names listed in a mismatch message
 
 
-def save_model(model: ByteLM, path: str | Path, extra: dict | None = None) -> None:
+def save_model(model: ByteLM, path: str | Path, extra: dict | None = None,
+               dtype: torch.dtype = torch.float32) -> None:
+    """Write `model` atomically. dtype=torch.float16 stores weights in half (loads back as fp32)."""
+    state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
+             for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "arch": model.arch,
-               "config": model.config_dict(), "state_dict": model.state_dict(), **(extra or {})}
+               "config": model.config_dict(), "state_dict": state,
+               "dtype": str(dtype).replace("torch.", ""), **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_model(path: str | Path) -> ByteLM:
-    """Load an edgelm checkpoint as an fp32 model in eval mode."""
+def read_payload(path: str | Path):
+    """torch.load(weights_only=True) with every failure turned into a one-line EdgelmError."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgelmError(f"model file {path} does not exist (or is not a file)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - reported as one line
-        raise EdgelmError(f"cannot load {path}: {exc}") from exc
-    model = build_model(payload["arch"], payload["config"])
-    model.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "Weights only load failed" in msg and ("GLOBAL" in msg or _imports_code(path)):
+            raise EdgelmError(
+                f"{path} contains pickled code; edgelm loads weights only. "
+                "Re-save it with torch.save(model.state_dict(), ...)") from None
+        raise EdgelmError(f"{path} is not a readable torch checkpoint ({_first_line(msg)}); "
+                          "pass a file written by `edgelm train` or torch.save") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        if path.stat().st_size == 0:
+            raise EdgelmError(f"{path} is empty; re-run the command that writes it") from None
+        if _is_zip(path) or "central directory" in str(exc) or isinstance(exc, EOFError):
+            raise EdgelmError(f"{path} is truncated or corrupted; copy or re-save it") from None
+        raise EdgelmError(f"{path} is not a torch checkpoint ({type(exc).__name__}: "
+                          f"{_first_line(str(exc))}); pass a file written by `edgelm train` "
+                          "or torch.save") from None
+
+
+def _is_zip(path: Path) -> bool:
+    """torch.save writes a zip archive; its first bytes identify it even when it is cut short."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _imports_code(path: Path) -> bool:
+    """Whether a plain pickle file imports any global (scanned with pickletools: nothing runs)."""
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ")
+                       for op, _, _ in pickletools.genops(f))
+    except Exception:  # noqa: BLE001 - not a readable pickle: not code either
+        return False
+
+
+def _first_line(msg: str) -> str:
+    line = msg.strip().splitlines()[0] if msg.strip() else "no details"
+    return line[:160]
+
+
+def _listed(names) -> str:
+    names = sorted(names)
+    more = f" (+{len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
+    return ", ".join(names[:MAX_LISTED]) + more
+
+
+def check_state_dict(model: ByteLM, state: dict, where: str) -> dict:
+    """Keys, shapes and finiteness of `state` against `model`; returns it as fp32 tensors."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EdgelmError(f"{where}: 'state_dict' is not a dict of tensors; re-save the model")
+    expected = model.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        parts = ([f"missing {_listed(missing)}"] if missing else []) + \
+                ([f"unexpected {_listed(unexpected)}"] if unexpected else [])
+        raise EdgelmError(f"{where}: weights do not match the {model.arch} config "
+                          f"({'; '.join(parts)}); re-save with edgelm.checkpoint.save_model")
+    bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+           for k, v in expected.items() if state[k].shape != v.shape]
+    if bad:
+        raise EdgelmError(f"{where}: config {model.config_dict()} does not match the tensors "
+                          f"(file vs expected: {_listed(bad)}); fix 'config' or re-save the model")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise EdgelmError(f"{where}: NaN/Inf weights in {_listed(nonfinite)}; the model diverged "
+                          "in training: retrain (e.g. with a lower --lr)")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def model_from_payload(payload: dict, where: str) -> ByteLM:
+    """Validate an edgelm payload dict and build the fp32 eval-mode model it describes."""
+    version = payload.get("version")
+    if not isinstance(version, int):
+        raise EdgelmError(f"{where}: checkpoint has no valid 'version'; re-save it with edgelm")
+    if version > VERSION:
+        raise EdgelmError(f"{where} was written by a newer edgelm (checkpoint version {version}, "
+                          f"this edgelm reads up to {VERSION}); upgrade: pip install -U edgelm")
+    arch = payload.get("arch")
+    if arch not in ARCHS:
+        raise EdgelmError(f"{where}: unknown architecture {arch!r}; this edgelm knows "
+                          f"{', '.join(ARCHS)} (upgrade edgelm if the file is newer)")
+    config = payload.get("config")
+    if not isinstance(config, dict):
+        raise EdgelmError(f"{where}: 'config' is missing or not a dict; re-save the model")
+    try:
+        model = build_model(arch, config)
+    except EdgelmError as exc:
+        raise EdgelmError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise EdgelmError(f"{where}: invalid {arch} config {config} ({exc})") from None
+    model.load_state_dict(check_state_dict(model, payload.get("state_dict"), where))
     return model.eval()
+
+
+def load_checkpoint(path: str | Path) -> tuple[ByteLM, dict]:
+    """(fp32 eval model, metadata: every payload key except the weights, plus 'source')."""
+    payload = read_payload(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        meta = {k: v for k, v in payload.items() if k != "state_dict"}
+        return model_from_payload(payload, str(path)), {**meta, "source": "edgelm"}
+    from .charrnn import from_charrnn
+
+    model = from_charrnn(payload, str(path))
+    return model.eval(), {"arch": model.arch, "config": model.config_dict(), "source": "char-rnn state_dict"}
+
+
+def load_model(path: str | Path) -> ByteLM:
+    """Load an edgelm checkpoint (or a classic char-RNN state_dict) as an fp32 model in eval mode."""
+    return load_checkpoint(path)[0]
