@@ -1,0 +1,137 @@
+"""ONNX export of the step and prefill graphs (legacy TorchScript exporter, opset 17).
+
+    step.onnx     byte_ids (B,) int64 + state_in.*  -> logits (B, 256) + state_out.*
+    prefill.onnx  byte_ids (B, C) int64 + state_in.* -> logits (B, 256) of the last byte + state_out.*
+
+Both are loop-free: the step is the fused module of export/fuse.py, the prefill unrolls it over
+the chunk. `export_naive_step` exports the model's own `step` unchanged (for node-count and
+latency comparisons).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..models import ByteLM
+from .fuse import FusedPrefill, fuse
+
+OPSET = 17
+DEFAULT_CHUNK = 32
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+LOOP_OPS = ("LSTM", "GRU", "RNN", "Loop", "Scan", "If")
+
+
+class NaiveStep(nn.Module):
+    """model.step as it is, with the bundle's graph interface."""
+
+    def __init__(self, model: ByteLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, byte_ids, *state):
+        logits, state = self.model.step(byte_ids, tuple(state))
+        return (logits, *state)
+
+
+def io_names(model: ByteLM) -> tuple[list[str], list[str]]:
+    names = model.state_names()
+    return (["byte_ids"] + [f"state_in.{n}" for n in names],
+            ["logits"] + [f"state_out.{n}" for n in names])
+
+
+def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: int) -> None:
+    inputs, outputs = io_names(model)
+    dynamic = {name: {0: "batch"} for name in inputs + outputs}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+                          do_constant_folding=True, external_data=False)
+    tidy(path)
+
+
+def tidy(path: Path) -> None:
+    """Constant nodes -> initializers and Identity-of-initializer nodes -> aliases, in place.
+
+    Neither runs as a kernel in ONNX Runtime or TensorRT, so they are noise in node counts.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    alias: dict[str, str] = {}
+    keep = []
+    for node in g.node:
+        node.input[:] = [alias.get(i, i) for i in node.input]
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(node.attribute[0].t)
+            t.name = node.output[0]
+            g.initializer.append(t)
+            inits.add(t.name)
+        elif node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    del g.node[:]
+    g.node.extend(keep)
+    onnx.save(model, str(path))
+
+
+def example_args(model: ByteLM, batch: int = 2, chunk: int | None = None) -> tuple:
+    shape = (batch,) if chunk is None else (batch, chunk)
+    return (torch.zeros(shape, dtype=torch.long), *model.init_state(batch))
+
+
+def export_step(model: ByteLM, path: str | Path, precision: str = "fp32", opset: int = OPSET) -> None:
+    _export(fuse(model, DTYPES[precision]), example_args(model), Path(path), model, opset)
+
+
+def export_prefill(model: ByteLM, path: str | Path, precision: str = "fp32",
+                   chunk: int = DEFAULT_CHUNK, opset: int = OPSET) -> None:
+    module = FusedPrefill(fuse(model, DTYPES[precision]), chunk)
+    _export(module, example_args(model, chunk=chunk), Path(path), model, opset)
+
+
+def export_naive_step(model: ByteLM, path: str | Path, opset: int = OPSET) -> None:
+    """Plain torch.onnx.export of model.step (fp32), for comparison."""
+    _export(NaiveStep(model.eval()), example_args(model), Path(path), model, opset)
+
+
+# -- graph facts --------------------------------------------------------------------------
+def _dims(value_info) -> list:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_param if d.dim_param else d.dim_value for d in dims]
+
+
+def _dtype(value_info) -> str:
+    import onnx
+
+    return str(onnx.helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type))
+
+
+def io_spec(onnx_model) -> dict:
+    """{"inputs": [{"name", "shape", "dtype"}], "outputs": [...]} of a graph."""
+    g = onnx_model.graph
+    return {"inputs": [{"name": v.name, "shape": _dims(v), "dtype": _dtype(v)} for v in g.input],
+            "outputs": [{"name": v.name, "shape": _dims(v), "dtype": _dtype(v)} for v in g.output]}
+
+
+def op_counts(onnx_model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx_model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def loop_ops(onnx_model) -> list[str]:
+    """Recurrent/control-flow ops (LSTM, GRU, Loop, ...) present in a graph."""
+    return sorted({n.op_type for n in onnx_model.graph.node if n.op_type in LOOP_OPS})

@@ -1,0 +1,112 @@
+"""Will TensorRT's ONNX parser take this graph on this target? Checked without a GPU.
+
+Every node is looked up in the parser's operator support matrix (data/tensorrt_onnx_ops.toml,
+transcribed from onnx-tensorrt docs/operators.md), with the float types each op accepts; the
+graph's precisions are checked against the device profile (fp16/bf16 support, INT8 Q/DQ, FP8
+only on sm >= 8.9) and its opset against the parser versions the target ships.
+"""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from importlib import resources
+
+TYPE_NAMES = {1: "FP32", 10: "FP16", 16: "BF16", 3: "INT8", 2: "UINT8", 6: "INT32", 7: "INT64", 9: "BOOL",
+              17: "FP8", 18: "FP8", 19: "FP8", 20: "FP8", 22: "INT4", 21: "INT4", 23: "FP4"}
+PRECISION_OF = {"FP16": "fp16", "BF16": "bf16", "INT8": "int8", "FP8": "fp8", "INT4": "int4", "FP4": "fp4"}
+
+
+@functools.lru_cache(maxsize=1)
+def matrix() -> dict:
+    text = resources.files("edgelm.export").joinpath("data/tensorrt_onnx_ops.toml").read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    data["supported"] = {op: set(types.split()) for op, types in data["supported"].items()}
+    data["unsupported"] = set(data["unsupported"]["ops"])
+    return data
+
+
+def tensor_types(onnx_model) -> dict[str, str]:
+    """Tensor name -> type name (FP32, FP16, INT8, ...) for every typed tensor of the graph."""
+    import onnx
+
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx_model)
+    except Exception:  # noqa: BLE001 - untyped tensors are then simply not type-checked
+        model = onnx_model
+    g = model.graph
+    types = {t.name: TYPE_NAMES.get(t.data_type, str(t.data_type)) for t in g.initializer}
+    for v in list(g.input) + list(g.output) + list(g.value_info):
+        types[v.name] = TYPE_NAMES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type))
+    return types
+
+
+def graph_opset(onnx_model) -> int:
+    return max((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def max_opset(trt_version: str) -> int | None:
+    table = matrix()["max_opset"]
+    major_minor = ".".join(trt_version.split(".")[:2])
+    return table.get(major_minor, table.get(trt_version.split(".")[0]))
+
+
+def _op_problems(onnx_model, types: dict[str, str], trt_major: int) -> list[str]:
+    m, problems, seen = matrix(), [], set()
+    for node in onnx_model.graph.node:
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        if op in seen:
+            continue
+        if op in m["unsupported"] or op not in m["supported"]:
+            why = "marked unsupported" if op in m["unsupported"] else "not in"
+            problems.append(f"op {op} (node {node.name or '?'}) is {why} the TensorRT ONNX parser's "
+                            "operator matrix")
+        elif m["added"].get(op, 0) > trt_major:
+            problems.append(f"op {op} needs TensorRT {m['added'][op]}+, the target ships TensorRT {trt_major}")
+        else:
+            floats = {types.get(i) for i in node.input if types.get(i) in ("FP16", "BF16")}
+            for t in sorted(floats - m["supported"][op]):
+                problems.append(f"op {op} (node {node.name or '?'}) has {t} inputs; TensorRT supports "
+                                f"{', '.join(sorted(m['supported'][op]))} for it")
+        seen.add(op)
+    return problems
+
+
+def _precision_problems(onnx_model, types: dict[str, str], profile) -> list[str]:
+    used = {PRECISION_OF[t] for t in types.values() if t in PRECISION_OF}
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx_model.graph.node) and \
+            not used & {"int8", "fp8", "int4", "fp4"}:
+        used.add("int8")
+    problems = []
+    for prec in sorted(used):
+        if not profile.supports(prec):
+            problems.append(f"the graph uses {prec} but {profile.name} supports only "
+                            f"{', '.join(profile.precisions)}")
+    cc = profile.compute_capability
+    if "fp8" in used and cc is not None and tuple(int(x) for x in cc.split(".")) < (8, 9):
+        problems.append(f"the graph uses fp8 but {profile.name} is sm {cc}; FP8 needs sm 8.9+")
+    return problems
+
+
+def check_tensorrt_compat(onnx_model, profile) -> list[str]:
+    """Problems that would stop TensorRT building this graph for `profile` (empty: none found).
+
+    Precision checks apply to every target; op and opset checks to targets that ship TensorRT.
+    """
+    types = tensor_types(onnx_model)
+    problems = _precision_problems(onnx_model, types, profile)
+    if not profile.tensorrt_versions:
+        return problems
+    opset = graph_opset(onnx_model)
+    for version in profile.tensorrt_versions:
+        limit = max_opset(version)
+        if limit is not None and opset > limit:
+            problems.append(f"opset {opset} is newer than TensorRT {version}'s ONNX parser reads (<= {limit})")
+    trt_major = min(int(v.split(".")[0]) for v in profile.tensorrt_versions)
+    return problems + _op_problems(onnx_model, types, trt_major)
+
+
+def target_opset(profile, preferred: int) -> int:
+    """The highest opset <= preferred that every TensorRT version of the target parses."""
+    limits = [max_opset(v) for v in profile.tensorrt_versions]
+    return min([preferred] + [x for x in limits if x is not None])
