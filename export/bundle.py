@@ -92,6 +92,11 @@ def _state(model: ByteLM) -> list[dict]:
 
 
 def _build_script(manifest: dict, profile) -> str:
+    """trtexec command for TensorRT targets; for CPU targets a script that says there is none."""
+    if not profile.tensorrt_versions:
+        return ("#!/usr/bin/env bash\n# Written by edgelm export.\n"
+                f"echo 'error: target {profile.name} has no TensorRT: this bundle runs with ONNX Runtime "
+                "(edgelm run); re-export with a GPU or Jetson --target for an engine' >&2\nexit 2\n")
     from .trt_build import build_engine_script
 
     return build_engine_script(manifest, profile)

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..models import ByteLM
 from .fuse import FusedPrefill, fuse
+from .validate import one_thread
 
 OPSET = 17
 DEFAULT_CHUNK = 32
@@ -48,7 +49,7 @@ def io_names(model: ByteLM) -> tuple[list[str], list[str]]:
 def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: int) -> None:
     inputs, outputs = io_names(model)
     dynamic = {name: {0: "batch"} for name in inputs + outputs}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), one_thread():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False,
