@@ -58,9 +58,8 @@ def read_payload(path: str | Path):
             raise EdgelmError(f"{path} is empty; re-run the command that writes it") from None
         if _is_zip(path) or "central directory" in str(exc) or isinstance(exc, EOFError):
             raise EdgelmError(f"{path} is truncated or corrupted; copy or re-save it") from None
-        raise EdgelmError(f"{path} is not a torch checkpoint ({type(exc).__name__}: "
-                          f"{_first_line(str(exc))}); pass a file written by `edgelm train` "
-                          "or torch.save") from None
+        raise EdgelmError(f"{path} is not a torch checkpoint (neither a torch.save zip archive "
+                          "nor a pickle); pass a file written by `edgelm train` or torch.save") from None
 
 
 def _is_zip(path: Path) -> bool:

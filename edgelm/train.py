@@ -78,23 +78,40 @@ def sample_batch(data: np.ndarray, rng: np.random.Generator, batch: int, seq_len
 
 
 class Progress:
-    """A one-line progress display on stderr: step, loss, bytes/s, ETA."""
+    """Progress on stderr: step, loss, bytes/s, ETA. A rich bar when rich is installed
+    (it comes with typer), else a plain carriage-return line."""
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.t0 = total, enabled, time.perf_counter()
+        self.bar = self.task = None
+        if enabled:
+            try:
+                from rich.console import Console
+                from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+            except ImportError:
+                return
+            self.bar = RichProgress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                    console=Console(stderr=True), transient=False)
+            self.task = self.bar.add_task("train", total=total, info="")
+            self.bar.start()
 
     def update(self, step: int, loss: float, bytes_seen: int) -> None:
         if not self.enabled:
             return
         dt = time.perf_counter() - self.t0
-        rate = bytes_seen / max(dt, 1e-9)
+        info = f"loss {loss:.3f}  {bytes_seen / max(dt, 1e-9) / 1e3:.1f} kB/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+            return
         eta = dt / step * (self.total - step) if step else 0.0
-        sys.stderr.write(f"\rstep {step}/{self.total}  loss {loss:.3f}  "
-                         f"{rate / 1e3:.1f} kB/s  eta {eta:.0f}s   ")
+        sys.stderr.write(f"\rstep {step}/{self.total}  {info}  eta {eta:.0f}s   ")
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.bar is not None:
+            self.bar.stop()
+        elif self.enabled:
             sys.stderr.write("\n")
             sys.stderr.flush()
 
