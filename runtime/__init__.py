@@ -8,10 +8,10 @@
 
 from .bundle import Bundle, StateTensor, load_bundle
 from .decode import Utf8Decoder
-from .sampling import GREEDY, Sampler, Sampling, StopMatcher
+from .sampling import GREEDY, BatchSampler, Sampler, Sampling, StopMatcher
 from .scheduler import Scheduler
 from .session import Session
 from .stream import Stream
 
-__all__ = ["Bundle", "GREEDY", "Sampler", "Sampling", "Scheduler", "Session", "StateTensor",
+__all__ = ["BatchSampler", "Bundle", "GREEDY", "Sampler", "Sampling", "Scheduler", "Session", "StateTensor",
            "StopMatcher", "Stream", "Utf8Decoder", "load_bundle"]

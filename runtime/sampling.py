@@ -3,7 +3,7 @@
 Every stream owns a `Sampler` with its own numpy Generator (PCG64), so a stream's bytes depend
 only on its seed and its logits, never on which other streams share its batch. One uniform draw
 per sampled byte (none for greedy); the generator's state travels in snapshots.
-Work buffers are allocated once per sampler.
+Work buffers are allocated once (`BatchSampler`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
 
+    @property
+    def key(self) -> tuple:
+        """The parameters that shape the distribution (rows with equal keys sample together)."""
+        return (0.0, 1, 1.0) if self.greedy else (self.temperature, self.top_k, self.top_p)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -48,39 +53,17 @@ GREEDY = Sampling(temperature=0.0)
 
 
 class Sampler:
+    """A stream's sampling parameters and random generator (its state travels in snapshots)."""
+
     def __init__(self, sampling: Sampling = Sampling()):
         self.sampling = sampling
         self.rng = np.random.default_rng(sampling.seed)
-        self._w = np.empty(VOCAB, np.float64)
-        self._c = np.empty(VOCAB, np.float64)
-        self._mask = np.empty(VOCAB, bool)
 
     def sample(self, logits: np.ndarray) -> int:
-        s = self.sampling
-        if s.greedy:
-            return int(np.argmax(logits))
-        w = self._w
-        np.multiply(logits, 1.0 / s.temperature, out=w)
-        np.subtract(w, w.max(), out=w)
-        np.exp(w, out=w)
-        if 0 < s.top_k < VOCAB:
-            self._top_k(w, s.top_k)
-        if s.top_p < 1.0:
-            self._top_p(w, s.top_p)
-        np.cumsum(w, out=self._c)
-        u = self.rng.random() * self._c[-1]
-        return min(int(np.searchsorted(self._c, u, side="right")), VOCAB - 1)
-
-    def _top_k(self, w: np.ndarray, k: int) -> None:
-        kth = np.partition(w, VOCAB - k)[VOCAB - k]
-        np.less(w, kth, out=self._mask)
-        w[self._mask] = 0.0
-
-    def _top_p(self, w: np.ndarray, p: float) -> None:
-        order = np.argsort(-w, kind="stable")
-        np.cumsum(w[order], out=self._c)
-        keep = int(np.searchsorted(self._c, p * self._c[-1], side="left")) + 1
-        w[order[keep:]] = 0.0
+        """Sample one byte from a (256,) logits row (the same arithmetic as a batch of one)."""
+        out = np.zeros(1, np.int64)
+        BatchSampler(1).sample(logits.reshape(1, VOCAB), [self], out)
+        return int(out[0])
 
     # -- snapshots ---------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -91,6 +74,68 @@ class Sampler:
         sampler = cls(Sampling(**state["sampling"]))
         sampler.rng.bit_generator.state = state["rng"]
         return sampler
+
+
+class BatchSampler:
+    """Samples a batch of rows at once: each row with its own stream's parameters and generator.
+
+    Rows sharing parameters are sampled by one vectorized pass over preallocated float64 work
+    buffers; a row's result depends only on its logits and its own generator's draw (one per
+    non-greedy byte), so a stream samples the same bytes alone or in any batch.
+    """
+
+    def __init__(self, max_rows: int):
+        self.w = np.empty((max_rows, VOCAB), np.float64)
+        self.c = np.empty((max_rows, VOCAB), np.float64)
+        self.mask = np.empty((max_rows, VOCAB), bool)
+        self.u = np.empty(max_rows, np.float64)
+
+    def sample(self, logits: np.ndarray, samplers: list[Sampler], out: np.ndarray) -> None:
+        """out[i] = a byte sampled from logits[i] with samplers[i]."""
+        first = samplers[0].sampling
+        if all(s.sampling.key == first.key for s in samplers):
+            self._rows(logits, samplers, first, out)
+            return
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(samplers):
+            groups.setdefault(s.sampling.key, []).append(i)
+        for rows in groups.values():
+            sub = np.empty(len(rows), np.int64)
+            group = [samplers[i] for i in rows]
+            self._rows(logits[rows], group, group[0].sampling, sub)
+            out[rows] = sub
+
+    def _rows(self, logits, samplers, s: Sampling, out) -> None:
+        n = len(samplers)
+        if s.greedy:
+            np.argmax(logits, axis=1, out=out)
+            return
+        w, c, u = self.w[:n], self.c[:n], self.u[:n]
+        np.multiply(logits, 1.0 / s.temperature, out=w)
+        np.subtract(w, w.max(axis=1, keepdims=True), out=w)
+        np.exp(w, out=w)
+        if 0 < s.top_k < VOCAB:
+            kth = np.partition(w, VOCAB - s.top_k, axis=1)[:, VOCAB - s.top_k, None]
+            np.less(w, kth, out=self.mask[:n])
+            np.copyto(w, 0.0, where=self.mask[:n])
+        if s.top_p < 1.0:
+            self._top_p(w, s.top_p)
+        np.cumsum(w, axis=1, out=c)
+        for i, sampler in enumerate(samplers):
+            u[i] = sampler.rng.random()
+        np.multiply(u, c[:, -1], out=u)
+        np.less_equal(c, u[:, None], out=self.mask[:n])
+        np.sum(self.mask[:n], axis=1, out=out)
+        np.minimum(out, VOCAB - 1, out=out)
+
+    def _top_p(self, w: np.ndarray, p: float) -> None:
+        """Keep each row's smallest set of most likely bytes whose mass reaches p."""
+        order = np.argsort(-w, axis=1, kind="stable")
+        ranked = np.take_along_axis(w, order, axis=1)
+        cum = np.cumsum(ranked, axis=1)
+        keep = (cum < p * cum[:, -1:]).sum(axis=1, keepdims=True) + 1
+        ranked[np.arange(VOCAB)[None, :] >= keep] = 0.0
+        np.put_along_axis(w, order, ranked, axis=1)
 
 
 class StopMatcher:

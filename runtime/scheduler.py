@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .sampling import Sampler, Sampling
+from .sampling import BatchSampler, Sampler, Sampling
 from .stream import Generation, Stream
 
 
@@ -22,6 +22,8 @@ class Scheduler:
         self.jobs: list[Generation] = []
         self._slots: tuple[int, ...] = ()
         self._ids = np.zeros(session.max_streams, np.int64)
+        self._sampler = BatchSampler(session.max_streams)
+        self._logits = np.zeros_like(session.logits_pool)
 
     @property
     def active(self) -> int:
@@ -46,6 +48,7 @@ class Scheduler:
 
     def _resync(self) -> None:
         self._slots = tuple(j.stream.slot for j in self.jobs)
+        self._rows = np.fromiter(self._slots, np.int64, len(self._slots))
 
     def step(self) -> list[tuple[Stream, bytes]]:
         """One batched step of every active stream; finished streams leave the batch."""
@@ -53,10 +56,10 @@ class Scheduler:
         if not batch:
             return []
         ids = self._ids[:batch]
-        for i, job in enumerate(jobs):
-            ids[i] = job.choose()
+        logits = np.take(self.session.logits_pool, self._rows, axis=0, out=self._logits[:batch])
+        self._sampler.sample(logits, [job.stream.sampler for job in jobs], ids)
         self.session.run("step", self._slots, ids)
-        out = [(job.stream, job.accept(int(ids[i]))) for i, job in enumerate(jobs)]
+        out = [(job.stream, job.accept(b)) for job, b in zip(jobs, ids.tolist())]
         if any(job.done for job in jobs):
             self.jobs = [j for j in jobs if not j.done]
             self._resync()

@@ -15,11 +15,11 @@ import numpy as np
 
 from ..errors import EdgelmError
 from . import snapshot as snap
-from .sampling import Sampler, Sampling, StopMatcher
+from .sampling import BatchSampler, Sampler, Sampling, StopMatcher
 
 
 class Generation:
-    """One stream's generation job: choose a byte from its logits, then account for it."""
+    """One stream's generation job: how many bytes are left, and its stop sequences."""
 
     def __init__(self, stream: "Stream", max_bytes: int, stop=()):
         if max_bytes < 0:
@@ -30,10 +30,6 @@ class Generation:
     @property
     def done(self) -> bool:
         return self.remaining <= 0 or self.matcher.stopped
-
-    def choose(self) -> int:
-        s = self.stream
-        return s.sampler.sample(s.session.logits_pool[s.slot])
 
     def accept(self, byte: int) -> bytes:
         """Called after `byte` was stepped into the stream; returns bytes ready to emit."""
@@ -51,6 +47,7 @@ class Stream:
         self.sampler = Sampler(sampling or Sampling())
         self.fed = 0  # bytes consumed since the initial state
         self._one = np.zeros(1, np.int64)
+        self._batch_sampler = BatchSampler(1)
         self._slots = (slot,)
 
     # -- consuming ---------------------------------------------------------------------
@@ -73,8 +70,9 @@ class Stream:
         if sampling is not None:
             self.sampler = Sampler(sampling)
         job = Generation(self, max_bytes, stop)
+        logits = self.session.logits_pool[self.slot:self.slot + 1]
         while not job.done:
-            self._one[0] = job.choose()
+            self._batch_sampler.sample(logits, [self.sampler], self._one)
             self.session.run("step", self._slots, self._one)
             out = job.accept(int(self._one[0]))
             if out:

@@ -4,9 +4,13 @@ Each (graph, batch) pair gets one IOBinding, made once, that binds slices of the
 buffers as OrtValues; a call is then a single `run_with_iobinding` that writes logits and new
 state straight into the output buffers. The provider actually used is checked after the session
 is created: asking for CUDA and getting CPU is an error, never a silent fallback.
+Tiny recurrent steps are latency-bound, so ONNX Runtime runs one intra-op thread unless
+EDGELM_ORT_THREADS says otherwise (0 = ONNX Runtime's default, one per core).
 """
 
 from __future__ import annotations
+
+import os
 
 from ...errors import EdgelmError
 from .base import Backend
@@ -32,8 +36,12 @@ def _session_options(ort, threads: int | None):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_mem_pattern = True
-    if threads:
+    opts.enable_cpu_mem_arena = os.environ.get("EDGELM_ORT_ARENA", "1") == "1"
+    if threads is None:
+        threads = int(os.environ.get("EDGELM_ORT_THREADS", "1"))
+    if threads > 0:
         opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if threads == 1 else "1")
     opts.log_severity_level = 3
     return opts
 

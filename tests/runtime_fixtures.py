@@ -1,0 +1,49 @@
+"""Shared fixtures of the runtime tests: one exported tiny random-init bundle per architecture.
+
+Bundles come from `edgelm.export.export_bundle` (target cpu), made once per test session
+under pytest's tmp dir. EDGELM_TEST_BUNDLES=DIR uses prebuilt bundles DIR/{arch} instead
+(e.g. bundles exported elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ARCHS = ["lstm", "gru", "mingru", "mamba", "rglru"]
+_CACHE: dict[str, Path] = {}
+
+
+def export_tiny(arch: str, base: Path, seed: int = 0, tag: str = "") -> Path:
+    key = f"{arch}{tag}"
+    if key in _CACHE:
+        return _CACHE[key]
+    prebuilt = os.environ.get("EDGELM_TEST_BUNDLES")
+    if prebuilt and (Path(prebuilt) / key).is_dir():
+        _CACHE[key] = Path(prebuilt) / key
+        return _CACHE[key]
+    torch = pytest.importorskip("torch")
+    from edgelm.checkpoint import save_model
+    from edgelm.models import build_model
+
+    try:
+        from edgelm.export import export_bundle
+    except ImportError:
+        pytest.skip("edgelm.export.export_bundle is not available yet")
+    torch.manual_seed(seed)
+    model = build_model(arch, preset="tiny")
+    model_path = base / f"{key}.pt"
+    save_model(model, model_path)
+    export_bundle(model_path, "cpu", None, base / key)
+    _CACHE[key] = base / key
+    return _CACHE[key]
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory):
+    """bundle_dir(arch, seed=0, tag="") -> Path of an exported bundle (cached per session)."""
+    base = tmp_path_factory.getbasetemp() / "runtime-bundles"
+    base.mkdir(exist_ok=True)
+    return lambda arch, seed=0, tag="": export_tiny(arch, base, seed, tag)
