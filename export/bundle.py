@@ -15,17 +15,22 @@ import json
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from .. import __version__
-from ..checkpoint import load_model, save_model
 from ..devices import get_profile
 from ..errors import EdgelmError
 from ..fileio import atomic_dir, atomic_write_text
-from ..models import VOCAB, ByteLM
 from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, load_bundle, sha256_file
-from .onnx_export import DEFAULT_CHUNK, DTYPES, OPSET, export_prefill, export_step, io_spec
 from .trt_ops import check_tensorrt_compat, target_opset
-from .validate import validate
 
+if TYPE_CHECKING:  # torch and onnx load only once the cheap checks passed: bad input fails fast
+    from ..models import ByteLM
+
+VOCAB = 256
+OPSET = 17
+DEFAULT_CHUNK = 32
+EXPORT_PRECISIONS = ("fp32", "fp16")
 MIB = 1 << 20
 BYTES = {"fp32": 4, "fp16": 2}
 ACT_FACTOR = 16  # live activation tensors per position (gates, norms, MLP), a rough upper bound
@@ -47,8 +52,8 @@ def resolve_precision(profile, precision: str | None) -> str:
         raise EdgelmError(f"target {profile.name} does not support {precision} (it supports "
                           f"{', '.join(profile.precisions)}); pass --precision "
                           f"{profile.default_precision} or pick another --target")
-    if precision not in DTYPES:
-        raise EdgelmError(f"edgelm export writes {' or '.join(DTYPES)} graphs, not {precision}; "
+    if precision not in EXPORT_PRECISIONS:
+        raise EdgelmError(f"edgelm export writes {' or '.join(EXPORT_PRECISIONS)} graphs, not {precision}; "
                           f"pass --precision {'fp16' if profile.supports('fp16') else 'fp32'}")
     return precision
 
@@ -77,6 +82,8 @@ def check_memory(est: dict, profile, max_streams: int) -> None:
 def _graph(path: Path, kind: str, chunk: int | None, profile) -> dict:
     import onnx
 
+    from .onnx_export import io_spec
+
     model = onnx.load(str(path))
     problems = check_tensorrt_compat(model, profile)
     if problems:
@@ -103,6 +110,10 @@ def _build_script(manifest: dict, profile) -> str:
 
 
 def _write_bundle(tmp: Path, model: ByteLM, profile, precision: str, chunk: int, est: dict) -> dict:
+    from ..checkpoint import save_model
+    from .onnx_export import export_prefill, export_step
+    from .validate import validate
+
     opset = target_opset(profile, OPSET)
     export_step(model, tmp / "step.onnx", precision, opset)
     export_prefill(model, tmp / "prefill.onnx", precision, chunk, opset)
@@ -138,6 +149,8 @@ def export_bundle(model_path: str | Path, target: str = "cpu", precision: str | 
     if not 1 <= chunk <= 256:
         raise EdgelmError(f"prefill chunk must be 1..256 bytes, not {chunk}")
     check_output_dir(out, force)
+    from ..checkpoint import load_model
+
     model = load_model(model_path)
     est = memory_estimate(model, precision, profile.default_max_streams, chunk)
     check_memory(est, profile, profile.default_max_streams)

@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 
 from ..models import ByteLM
+from .bundle import DEFAULT_CHUNK, OPSET
 from .fuse import FusedPrefill, fuse
 from .validate import one_thread
 
-OPSET = 17
-DEFAULT_CHUNK = 32
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 LOOP_OPS = ("LSTM", "GRU", "RNN", "Loop", "Scan", "If")
 
