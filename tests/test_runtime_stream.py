@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -99,7 +102,7 @@ def test_snapshot_roundtrip_continues_exactly(bundle_dir):
         assert b"".join(other_session.restore(blob).generate(40)) == tail
 
 
-def test_snapshot_refused_when_foreign_or_corrupt(bundle_dir):
+def test_snapshot_refused_when_foreign_or_corrupt(bundle_dir, tmp_path):
     with Session.open(bundle_dir("mamba")) as sess:
         s = sess.stream(prompt=b"x")
         blob = s.snapshot()
@@ -113,7 +116,12 @@ def test_snapshot_refused_when_foreign_or_corrupt(bundle_dir):
         newer[8] = 99
         with pytest.raises(EdgelmError, match="newer"):
             s.restore(bytes(newer))
-    with Session.open(bundle_dir("mamba", seed=1, tag="-other")) as other:
+    other_dir = tmp_path / "other"  # same layout, another model: a re-exported bundle's id differs
+    shutil.copytree(bundle_dir("mamba"), other_dir)
+    manifest = json.loads((other_dir / "manifest.json").read_text())
+    manifest["bundle_id"] = "f" * 64
+    (other_dir / "manifest.json").write_text(json.dumps(manifest))
+    with Session.open(other_dir) as other:
         with pytest.raises(EdgelmError, match="another bundle|not to this bundle"):
             other.restore(blob)
     with Session.open(bundle_dir("lstm")) as other_arch:
