@@ -11,8 +11,13 @@ fits the budget, then runs `edgelm train` with that fixed step count (so the run
 reproducible from the step count and seed recorded in bench/out/reference.json).
 
     .venv/bin/python bench/train_reference.py [--budget-s 180] [--archs lstm,gru] [--install]
+    # or one process per arch in parallel, then merge the per-arch JSON files and print the table:
+    for a in lstm gru mingru rglru mamba; do python bench/train_reference.py --archs $a --threads 3 & done
+    wait; python bench/train_reference.py --collect
 
 --install copies each checkpoint, re-saved with fp16 storage, to models/{arch}-tiny.pt.
+--threads sets torch's (and the `edgelm train` subprocess's) thread count: on a shared machine
+oversubscribed threads make steps 10x slower, so pass cores / parallel runs.
 A uniform model scores 8.0 bits/byte.
 """
 
@@ -63,7 +68,7 @@ def seconds_per_step(arch: str, corpus: bytes, batch: int) -> float:
 
 def edgelm(*args: str) -> str:
     cmd = [sys.executable, "-m", "edgelm.cli", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr}")
     return res.stdout
@@ -101,28 +106,57 @@ def install_fp16(src: Path, dest: Path, heldout: Path) -> dict:
     return {"path": str(dest.relative_to(ROOT)), "bytes": dest.stat().st_size, "heldout_bpb": round(bpb, 4)}
 
 
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'arch':7s} {'params':>8s} {'steps':>6s} {'wall s':>7s} {'textwrap.py bpb':>16s} "
+          f"{'fp16 bpb':>9s} {'last-5% bpb':>12s}")
+    for r in rows:
+        fp16 = r.get("installed", {}).get("heldout_bpb", float("nan"))
+        print(f"{r['arch']:7s} {r['params']:8d} {r['steps']:6d} {r['train_wall_s']:7.1f} "
+              f"{r['heldout_bpb']:16.3f} {fp16:9.3f} {r['val_bpb_last5pct']:12.3f}")
+    print("(uniform model: 8.000)")
+
+
+def collect() -> None:
+    """Merge bench/out/reference-{arch}.json files (from parallel runs) into reference.json."""
+    parts = [json.loads(p.read_text()) for p in sorted(OUT.glob("reference-*.json"))]
+    if not parts:
+        raise SystemExit("no bench/out/reference-*.json to collect")
+    rows = sorted((r for p in parts for r in p["results"]), key=lambda r: ARCHS.index(r["arch"]))
+    report = {**parts[0], "results": rows}
+    (OUT / "reference.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(rows)
+    print(f"wrote {OUT / 'reference.json'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-s", type=float, default=180.0, help="training seconds per arch")
     ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--install", action="store_true", help="write models/{arch}-tiny.pt (fp16)")
+    ap.add_argument("--collect", action="store_true", help="merge per-arch JSON files and print")
     args = ap.parse_args()
+    if args.collect:
+        return collect()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    archs = args.archs.split(",")
+    name = "reference.json" if len(archs) > 1 else f"reference-{archs[0]}.json"
     corpus, heldout = build_corpus()
     rows = []
-    for arch in args.archs.split(","):
+    for arch in archs:
         rows.append(run_arch(arch, corpus, heldout, args.budget_s, args.install))
         print(f"{arch:7s} steps {rows[-1]['steps']:5d}  {rows[-1]['train_wall_s']:7.1f}s  "
               f"held-out bpb {rows[-1]['heldout_bpb']:.3f}", flush=True)
         report = {"corpus_bytes": corpus.stat().st_size, "corpus": f"pydoc_data/topics.py[:{TOPICS_BYTES}] + "
                   + ", ".join(EXTRA_MODULES), "heldout": heldout.name, "uniform_bpb": 8.0,
-                  "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
+                  "threads_per_run": torch.get_num_threads(), "cpus": os.cpu_count(),
+                  "machine": platform.machine(), "python": platform.python_version(),
                   "torch": torch.__version__, "budget_s": args.budget_s, "results": rows}
-        (OUT / "reference.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'arch':7s} {'params':>8s} {'steps':>6s} {'wall s':>7s} {'textwrap.py bpb':>16s} {'last-5% bpb':>12s}")
-    for r in rows:
-        print(f"{r['arch']:7s} {r['params']:8d} {r['steps']:6d} {r['train_wall_s']:7.1f} "
-              f"{r['heldout_bpb']:16.3f} {r['val_bpb_last5pct']:12.3f}")
-    print(f"(uniform model: 8.000)  wrote {OUT / 'reference.json'}")
+        (OUT / name).write_text(json.dumps(report, indent=2) + "\n")
+    print_table(rows)
+    print(f"wrote {OUT / name}")
 
 
 if __name__ == "__main__":
