@@ -141,8 +141,8 @@ class Session:
         """Advance streams `slots` by one step (ids (B,)) or one prefill chunk (ids (B, C))."""
         if slots != self._resident:
             self._gather(slots)
-        batch = len(slots)
-        run = self.backend.prefill if graph == "prefill" else self.backend.step
-        logits, _ = run(byte_ids, self.backend.input_views(batch))
+        if byte_ids.ndim != (2 if graph == "prefill" else 1) or byte_ids.shape[0] != len(slots):
+            raise ValueError(f"{graph} byte ids of shape {byte_ids.shape} for {len(slots)} streams")
+        logits = self.backend.run_resident(graph, byte_ids)
         self.logits_pool[self._resident_idx] = logits
         return logits
