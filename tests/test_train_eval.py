@@ -21,6 +21,15 @@ TEXT = (b"The quick brown fox jumps over the lazy dog. " * 40
         + b"Pack my box with five dozen liquor jugs.\n" * 20)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread; on a busy 2-core box extra threads cost 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def cli(capsys, *args):
     """Run `edgelm ARGS` in-process; returns (exit code, stdout, stderr)."""
     old = sys.argv
