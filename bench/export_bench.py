@@ -5,7 +5,8 @@ For each architecture (models/{arch}-tiny.pt if present, else a seeded random `t
     naive   torch.onnx.export(model.step) (legacy exporter, same IO), ONNX Runtime CPU
     eager   model.step in PyTorch (lstm/gru also with oneDNN disabled)
 ONNX Runtime runs single-threaded and with default threads; the per-byte time is the median over
---steps steps after warm-up, feeding the state back as a device loop does.
+--steps steps after warm-up, feeding the state back as a device loop does. The variants run
+interleaved in rounds, so background load on a shared machine hits them alike.
 
     .venv/bin/python bench/export_bench.py [--steps 2000] [--archs lstm,gru,...]
 Writes bench/out/export_bench.json and prints a table.
@@ -43,31 +44,53 @@ def get_model(arch: str):
     return build_model(arch, preset="tiny").eval(), "random init (tiny preset)"
 
 
-def time_ort(path: Path, names: list[str], shapes: list, steps: int, threads: int) -> float:
-    """Median microseconds per step at batch 1."""
+def ort_runner(path: Path, names: list[str], shapes: list, threads: int):
+    """A closure that runs one batch-1 step and keeps the state it returns."""
     sess = session(path, threads)
     state = [np.zeros((1, *s), np.float32) for s in shapes]
-    ids = np.random.default_rng(0).integers(0, 256, steps + WARMUP).astype(np.int64)
-    times = []
-    for t in range(steps + WARMUP):
-        feeds = {"byte_ids": ids[t:t + 1], **{f"state_in.{n}": s for n, s in zip(names, state)}}
-        t0 = time.perf_counter()
-        out = sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-        state = out[1:]
-    return statistics.median(times[WARMUP:]) * 1e6
+    rng = np.random.default_rng(0)
+
+    def step():
+        nonlocal state
+        feeds = {"byte_ids": rng.integers(0, 256, 1), **{f"state_in.{n}": s for n, s in zip(names, state)}}
+        state = sess.run(None, feeds)[1:]
+    return step
 
 
-@torch.no_grad()
-def time_eager(model, steps: int) -> float:
+def eager_runner(model, threads: int, onednn: bool = True):
     state = model.init_state(1)
-    ids = torch.randint(0, 256, (steps + WARMUP, 1), generator=torch.Generator().manual_seed(0))
-    times = []
-    for t in range(steps + WARMUP):
-        t0 = time.perf_counter()
-        _, state = model.step(ids[t], state)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[WARMUP:]) * 1e6
+    gen = torch.Generator().manual_seed(0)
+
+    @torch.no_grad()
+    def step():
+        nonlocal state
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        with torch.backends.mkldnn.flags(enabled=onednn):
+            ids = torch.randint(0, 256, (1,), generator=gen)
+            t0 = time.perf_counter()
+            _, state = model.step(ids, state)
+            dt = time.perf_counter() - t0
+        torch.set_num_threads(saved)
+        return dt
+    return step
+
+
+def median_us(runners: dict, steps: int, rounds: int = 10) -> dict:
+    """Median per-step microseconds of each runner, interleaved in rounds so that background
+    load on the machine hits every variant alike. Warm-up steps are discarded."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for k, run in runners.items():
+        for _ in range(WARMUP):
+            run()
+    block = max(1, steps // rounds)
+    for _ in range(rounds):
+        for k, run in runners.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                inner = run()
+                times[k].append(inner if inner is not None else time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
 
 
 def bench_arch(arch: str, steps: int, tmp: Path) -> dict:
@@ -79,17 +102,14 @@ def bench_arch(arch: str, steps: int, tmp: Path) -> dict:
     row = {"arch": arch, "model": source, "params": model.num_params(),
            "nodes_fused": len(onnx.load(str(fused)).graph.node),
            "nodes_naive": len(onnx.load(str(naive)).graph.node)}
-    for label, path in (("fused", fused), ("naive", naive)):
-        row[f"ort_{label}_1t_us"] = time_ort(path, names, shapes, steps, 1)
-        row[f"ort_{label}_default_us"] = time_ort(path, names, shapes, steps, 0)
     threads = torch.get_num_threads()
-    row["eager_us"] = time_eager(model, steps)
+    runners = {f"ort_{label}_{tn}_us": ort_runner(path, names, shapes, t)
+               for label, path in (("fused", fused), ("naive", naive)) for tn, t in (("1t", 1), ("default", 0))}
+    runners["eager_us"] = eager_runner(model, threads)
+    runners["eager_1t_us"] = eager_runner(model, 1)
     if arch in ("lstm", "gru"):
-        with torch.backends.mkldnn.flags(enabled=False):
-            row["eager_no_onednn_us"] = time_eager(model, steps)
-    torch.set_num_threads(1)
-    row["eager_1t_us"] = time_eager(model, steps)
-    torch.set_num_threads(threads)
+        runners["eager_no_onednn_us"] = eager_runner(model, threads, onednn=False)
+    row.update(median_us(runners, steps))
     return row
 
 

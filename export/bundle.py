@@ -79,7 +79,8 @@ def check_memory(est: dict, profile, max_streams: int) -> None:
             f"for the app: over by {over:.1f} MiB; use a smaller model or fp16")
 
 
-def _graph(path: Path, kind: str, chunk: int | None, profile) -> dict:
+def _graph(path: Path, chunk: int | None, profile) -> dict:
+    """The manifest's entry for one graph, after the TensorRT compatibility check."""
     import onnx
 
     from .onnx_export import io_spec
@@ -89,8 +90,8 @@ def _graph(path: Path, kind: str, chunk: int | None, profile) -> dict:
     if problems:
         raise EdgelmError(f"{path.name} will not build with TensorRT on {profile.name}: {problems[0]}"
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
-    entry = {"file": path.name, "nodes": len(model.graph.node), **io_spec(model)}
-    return entry if chunk is None else {"file": path.name, "chunk": chunk, **{k: v for k, v in entry.items() if k != "file"}}
+    return {"file": path.name, **({"chunk": chunk} if chunk else {}), "nodes": len(model.graph.node),
+            **io_spec(model)}
 
 
 def _state(model: ByteLM) -> list[dict]:
@@ -117,8 +118,8 @@ def _write_bundle(tmp: Path, model: ByteLM, profile, precision: str, chunk: int,
     opset = target_opset(profile, OPSET)
     export_step(model, tmp / "step.onnx", precision, opset)
     export_prefill(model, tmp / "prefill.onnx", precision, chunk, opset)
-    graphs = {"step": _graph(tmp / "step.onnx", "step", None, profile),
-              "prefill": _graph(tmp / "prefill.onnx", "prefill", chunk, profile)}
+    graphs = {"step": _graph(tmp / "step.onnx", None, profile),
+              "prefill": _graph(tmp / "prefill.onnx", chunk, profile)}
     validation = validate(model, tmp / "step.onnx", tmp / "prefill.onnx", precision, chunk)
     validation["tensorrt_ops"] = "ok" if profile.tensorrt_versions else "n/a (no TensorRT on this target)"
     save_model(model, tmp / "model.pt")

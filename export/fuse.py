@@ -9,16 +9,15 @@ model's `step` computes, rearranged so the legacy exporter emits as few nodes as
 - deeper LSTM/GRU layers run one Concat([x, h]) @ W_cat Gemm; LSTM gates are reordered to
   [i, f, o | g] so one Sigmoid covers three gates; GRU's r/z input and hidden parts are summed
   by the matmul itself
-- RMSNorm is ReduceSumSquare + Add + Sqrt + Div; its weight and sqrt(D) go into the next
-  matmul's rows
-- weights are stored pre-transposed (in, out); Mamba's dt low-rank pair is multiplied out and
-  merged with the B/C projection into one Gemm; -exp(A_log) and RG-LRU's
-  -c * softplus(-Lambda) are precomputed
+- RMSNorm is kept in the exact form ONNX Runtime fuses into one SimplifiedLayerNormalization
+- weights are stored pre-transposed (in, out); -exp(A_log) and RG-LRU's -c * softplus(-Lambda)
+  are precomputed. (Multiplying Mamba's low-rank dt pair out into one Gemm saves 2 nodes but
+  costs ~5x the FLOPs of that projection; measured no faster, so the pair stays.)
 - tanh-GELU is x * sigmoid(k1 x + k2 x^3), with k1 folded into the gate columns and 1/k1 into
   the next weights; minGRU's g(x) = max(x + 0.5, sigmoid(x)) (exact: the branches cross at 0)
 
 fp16: weights and compute in half, graph IO in float32 (Cast at the edges). The residual
-stream of the norm-based archs stays float32, so the RMSNorm sum of squares cannot overflow;
+stream of the norm-based archs stays float32, so the RMSNorm mean of squares cannot overflow;
 each sub-block casts to half after its norm and back after its output matmul.
 """
 
@@ -47,18 +46,6 @@ class _Softplus(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x):
         return g.op("Softplus", x)
-
-
-class _SumSquare(torch.autograd.Function):
-    """sum(x^2) over the last dim, keepdim: one ReduceSumSquare node (opset <= 17 form)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return (x * x).sum(-1, keepdim=True)
-
-    @staticmethod
-    def symbolic(g, x):
-        return g.op("ReduceSumSquare", x, axes_i=[-1], keepdims_i=1)
 
 
 def gelu_scaled(g: torch.Tensor) -> torch.Tensor:
@@ -196,18 +183,25 @@ class FusedResidual(FusedLM):
     def __init__(self, model, dtype):
         super().__init__(model, dtype)
         self.d = model.config.d_model
-        self.eps_d = model.norm_f.eps * self.d
+        self.eps = model.norm_f.eps
         with torch.no_grad():
             self.buf("table", model.embed.weight)
-            self.buf("w_head", self.fold_norm(model.norm_f, model.head.weight.t()))
+            self.buf("nw_f", model.norm_f.weight, torch.float32)
+            self.buf("w_head", model.head.weight.t())
 
-    def fold_norm(self, norm, w_t):
-        """RMSNorm weight and sqrt(D) folded into the rows of the next (in, out) weight."""
-        return (norm.weight * math.sqrt(self.d)).unsqueeze(1) * w_t
+    def norm_weights(self, i: int, blk) -> None:
+        self.buf(f"nw{i}", blk.norm.weight, torch.float32)
+        if hasattr(blk, "mlp_norm"):
+            self.buf(f"nw_mlp{i}", blk.mlp_norm.weight, torch.float32)
 
-    def norm(self, x):
-        """x / sqrt(sum x^2 + D eps) in float32, then cast to the compute dtype. x: (B, D)."""
-        return self.to_c(x / torch.sqrt(_SumSquare.apply(x) + self.eps_d))
+    def norm(self, x, w):
+        """RMSNorm in float32, then cast to the compute dtype. x: (B, D).
+
+        Spelled Pow, ReduceMean, Add, Sqrt, Div, Mul: the chain ONNX Runtime fuses into one
+        SimplifiedLayerNormalization node (and TensorRT into one normalization kernel); folding
+        the weight into the next matmul saves 2 graph nodes but breaks that fusion (measured).
+        """
+        return self.to_c(x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w)
 
     def conv(self, x, conv_state, w, b):
         window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # (B, C, K)
@@ -216,12 +210,12 @@ class FusedResidual(FusedLM):
     def mlp_params(self, block):
         """Gated MLP: norm and k1 folded into gate_up, 1/k1 into down."""
         w = block.mlp.gate_up.weight.t().clone()  # (D, 2F)
-        f = w.shape[1] // 2
+        f = self.f_mlp = w.shape[1] // 2  # a Python int: the split exports as one Split node
         w[:, :f] *= GELU_K1
-        return self.fold_norm(block.mlp_norm, w), block.mlp.down.weight.t() / GELU_K1
+        return w, block.mlp.down.weight.t() / GELU_K1
 
-    def mlp(self, x, w_gu, w_down):
-        g, u = (self.norm(x) @ w_gu).split([w_down.shape[0]] * 2, dim=-1)
+    def mlp(self, x, nw, w_gu, w_down):
+        g, u = (self.norm(x, nw) @ w_gu).split([self.f_mlp] * 2, dim=-1)
         return x + self.to_f((gelu_scaled(g) * u) @ w_down)
 
     def core(self, byte_ids, state):
@@ -230,7 +224,7 @@ class FusedResidual(FusedLM):
         return x, new
 
     def logits(self, x):
-        return self.to_f(self.norm(x) @ self.w_head)  # (B, 256)
+        return self.to_f(self.norm(x, self.nw_f) @ self.w_head)  # (B, 256)
 
 
 class FusedMinGRU(FusedResidual):
@@ -243,7 +237,8 @@ class FusedMinGRU(FusedResidual):
                 dh = w.shape[1] // 2
                 w = torch.cat([w, w[:, dh:]], 1)  # [k, cand, cand + 0.5]
                 b = torch.cat([b, b[dh:] + 0.5])
-                self.buf(f"w_in{i}", self.fold_norm(blk.norm, w))
+                self.norm_weights(i, blk)
+                self.buf(f"w_in{i}", w)
                 self.buf(f"b_in{i}", b)
                 self.buf(f"w_out{i}", blk.out_proj.weight.t())
                 w_gu, w_down = self.mlp_params(blk)
@@ -254,12 +249,12 @@ class FusedMinGRU(FusedResidual):
         new = []
         for i in range(self.n_layers):
             p = lambda n: getattr(self, f"{n}{i}")  # noqa: E731
-            k, cand, cand5 = torch.addmm(p("b_in"), self.norm(x), p("w_in")).split([self.dh] * 3, dim=-1)
+            k, cand, cand5 = torch.addmm(p("b_in"), self.norm(x, p("nw")), p("w_in")).split([self.dh] * 3, dim=-1)
             gc = torch.maximum(cand5, torch.sigmoid(cand))  # g(cand)
             h = state[i]
             h = h + torch.sigmoid(k) * (gc - h)
             x = x + self.to_f(h @ p("w_out"))
-            x = self.mlp(x, p("w_gu"), p("w_down"))
+            x = self.mlp(x, p("nw_mlp"), p("w_gu"), p("w_down"))
             new.append(h)
         return x, new
 
@@ -268,26 +263,25 @@ class FusedMamba(FusedResidual):
     def __init__(self, model, dtype):
         super().__init__(model, dtype)
         self.n_layers = model.config.n_layers
-        self.di, self.n = model.config.d_inner, model.config.d_state
+        self.di, self.n, self.r = model.config.d_inner, model.config.d_state, model.config.dt_rank
         with torch.no_grad():
             for i, blk in enumerate(model.blocks):
-                r, n = blk.cfg.dt_rank, blk.cfg.d_state
-                wx = blk.x_proj.weight.t()  # (Di, R + 2N)
-                w_dt = wx[:, :r] @ blk.dt_proj.weight.t()  # (Di, Di)
-                self.buf(f"w_in{i}", self.fold_norm(blk.norm, blk.in_proj.weight.t()))
+                self.norm_weights(i, blk)
+                self.buf(f"w_in{i}", blk.in_proj.weight.t())
                 self.buf(f"conv_w{i}", blk.conv_weight)
                 self.buf(f"conv_b{i}", blk.conv_bias)
-                self.buf(f"w_p{i}", torch.cat([w_dt, wx[:, r:]], 1))  # (Di, Di + 2N)
-                self.buf(f"b_p{i}", torch.cat([blk.dt_proj.bias, torch.zeros(2 * n)]))
+                self.buf(f"w_x{i}", blk.x_proj.weight.t())  # (Di, R + 2N)
+                self.buf(f"w_dt{i}", blk.dt_proj.weight.t())  # (R, Di)
+                self.buf(f"b_dt{i}", blk.dt_proj.bias)
                 self.buf(f"A{i}", -torch.exp(blk.A_log))  # (Di, N)
                 self.buf(f"D{i}", blk.D)
                 self.buf(f"w_out{i}", blk.out_proj.weight.t())
 
     def ssm(self, i, u, ssm):
         p = lambda n: getattr(self, f"{n}{i}")  # noqa: E731
-        q = torch.addmm(p("b_p"), u, p("w_p")).unsqueeze(1)  # (B, 1, Di + 2N)
-        dt, b, c = q.split([self.di, self.n, self.n], dim=-1)  # (B, 1, Di), (B, 1, N) x2
-        dt = _Softplus.apply(dt).transpose(1, 2)  # (B, Di, 1)
+        dt, bc = (u @ p("w_x")).split([self.r, 2 * self.n], dim=-1)  # (B, R), (B, 2N)
+        dt = _Softplus.apply(torch.addmm(p("b_dt"), dt, p("w_dt"))).unsqueeze(-1)  # (B, Di, 1)
+        b, c = bc.unsqueeze(1).split([self.n, self.n], dim=-1)  # (B, 1, N) each
         ssm = torch.exp(dt * p("A")) * ssm + (dt * u.unsqueeze(-1)) * b  # (B, Di, N)
         return (ssm * c).sum(-1) + p("D") * u, ssm  # (B, Di)
 
@@ -295,7 +289,7 @@ class FusedMamba(FusedResidual):
         new = []
         for i in range(self.n_layers):
             p = lambda n: getattr(self, f"{n}{i}")  # noqa: E731
-            xin, z = (self.norm(x) @ p("w_in")).split([self.di] * 2, dim=-1)  # (B, Di) each
+            xin, z = (self.norm(x, p("nw")) @ p("w_in")).split([self.di] * 2, dim=-1)  # (B, Di) each
             u, conv = self.conv(xin, state[2 * i], p("conv_w"), p("conv_b"))
             u = u * torch.sigmoid(u)
             y, ssm = self.ssm(i, u, state[2 * i + 1])
@@ -312,7 +306,8 @@ class FusedRGLRU(FusedResidual):
             for i, blk in enumerate(model.blocks):
                 w = blk.in_proj.weight.t().clone()  # (D, 2Dr): [gate, u]
                 w[:, :w.shape[1] // 2] *= GELU_K1
-                self.buf(f"w_in{i}", self.fold_norm(blk.norm, w))
+                self.norm_weights(i, blk)
+                self.buf(f"w_in{i}", w)
                 self.buf(f"conv_w{i}", blk.conv_weight)
                 self.buf(f"conv_b{i}", blk.conv_bias)
                 self.buf(f"w_g{i}", blk.gates.weight.t())
@@ -334,11 +329,11 @@ class FusedRGLRU(FusedResidual):
         new = []
         for i in range(self.n_layers):
             p = lambda n: getattr(self, f"{n}{i}")  # noqa: E731
-            gate, u = (self.norm(x) @ p("w_in")).split([self.dr] * 2, dim=-1)  # (B, Dr) each
+            gate, u = (self.norm(x, p("nw")) @ p("w_in")).split([self.dr] * 2, dim=-1)  # (B, Dr) each
             u, conv = self.conv(u, state[2 * i], p("conv_w"), p("conv_b"))
             h = self.rglru(i, u, state[2 * i + 1])
             x = x + self.to_f((h * gelu_scaled(gate)) @ p("w_out"))
-            x = self.mlp(x, p("w_gu"), p("w_down"))
+            x = self.mlp(x, p("nw_mlp"), p("w_gu"), p("w_down"))
             new += [conv, h]
         return x, new
 

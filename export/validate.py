@@ -20,8 +20,8 @@ from ..models import ByteLM
 STEPS = 256
 # Logit atol per precision. fp32: ORT vs eager differ by float rounding only (measured
 # 6e-8..1.5e-6 on the five tiny presets). fp16 (weights + compute in half, fp32 residual stream):
-# measured 5e-5 (lstm) .. 7e-4 (rglru) on random-init tiny models over 256 steps; trained
-# models have larger logits and states, so 5e-2 leaves ~70x headroom.
+# measured 5e-5 (lstm) .. 7e-4 (rglru) on random-init tiny models over 256 steps and 1.4e-3
+# (max |dstate| 1.9e-3) on the trained models/mamba-tiny.pt, so 5e-2 leaves ~35x headroom.
 ATOL = {"fp32": 1e-4, "fp16": 5e-2}
 STATE_ATOL_FACTOR = 10.0  # states (e.g. LSTM c) are unbounded sums: 10x the logit atol
 
