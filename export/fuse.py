@@ -182,7 +182,6 @@ class FusedResidual(FusedLM):
 
     def __init__(self, model, dtype):
         super().__init__(model, dtype)
-        self.d = model.config.d_model
         self.eps = model.norm_f.eps
         with torch.no_grad():
             self.buf("table", model.embed.weight)
