@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this s
 
 def sync():
     if DEV == "cuda":
-        sync()
+        torch.cuda.synchronize()
 
 
 def pct(xs, q):
@@ -146,31 +147,61 @@ def throughput(bundle, streams, nbytes=256):
         return total / (time.perf_counter() - t0)
 
 
-def bench_arch(arch, tmp):
-    bundle = tmp / f"{arch}-bundle"
-    export_bundle(model_path(arch, tmp), "h100", "fp32", bundle, force=True)
+def guarded(row, key, fn):
+    """Measure one thing; record a failure with its traceback and go on with the rest."""
+    try:
+        row[key] = fn()
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not stop
+        row[key] = {"error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(limit=-12)}
+        print(row[key]["traceback"], file=sys.stderr, flush=True)
+
+
+def latency(fn):
+    t = fn()
+    return {"median_us": 1e6 * statistics.median(t), "p99_us": 1e6 * pct(t, 0.99)}
+
+
+def bench_arch(arch, tmp, prebuilt: Path | None):
+    bundle = prebuilt / f"{arch}-bundle" if prebuilt else tmp / f"{arch}-bundle"
+    row = {"arch": arch}
+    if not prebuilt:
+        guarded(row, "export", lambda: export_bundle(model_path(arch, tmp), "h100", "fp32", bundle,
+                                                     force=True)["validation"])
     model = load_model(bundle / "model.pt").to(DEV).eval()
-    row = {"arch": arch, "params": model.num_params()}
-    row.update(parity(bundle))
-    try:  # ONNX Runtime on CUDA: used where onnxruntime-gpu is installed, else a clear refusal
-        Session.open(bundle, backend="onnxruntime", device="cuda").close()
-        row["ort_cuda"] = "ok"
-    except EdgelmError as exc:
-        row["ort_cuda"] = str(exc)
-    for name, fn in (("eager_cuda", lambda: time_eager(model)), ("graph_ceiling", lambda: time_graph_ceiling(model) if DEV == "cuda" else [0.0]),
-                     ("session_torch_cuda", lambda: time_session(bundle))):
-        t = fn()
-        row[name] = {"median_us": 1e6 * statistics.median(t), "p99_us": 1e6 * pct(t, 0.99)}
-    row["bytes_per_s"] = {str(n): throughput(bundle, n) for n in (1, 8, 64, 256)}
+    row["params"] = model.num_params()
+    guarded(row, "parity", lambda: parity(bundle))
+    guarded(row, "ort_cuda", lambda: Session.open(bundle, backend="onnxruntime", device="cuda").close() or "ok")
+    guarded(row, "eager_cuda", lambda: latency(lambda: time_eager(model)))
+    guarded(row, "graph_ceiling", lambda: latency(lambda: time_graph_ceiling(model) if DEV == "cuda" else [0.0]))
+    guarded(row, "session_torch_cuda", lambda: latency(lambda: time_session(bundle)))
+    guarded(row, "bytes_per_s", lambda: {str(n): throughput(bundle, n) for n in (1, 8, 64, 256)})
     row["max_gpu_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20 if DEV == "cuda" else 0
     return row
+
+
+def build_bundles(out: Path, archs):
+    """Export the bundles here (CPU) so the GPU run measures only the runtime."""
+    for arch in archs:
+        export_bundle(model_path(arch, out), "h100", "fp32", out / f"{arch}-bundle", force=True)
+
+
+def cell(row, key, field, fmt):
+    v = row.get(key)
+    if not isinstance(v, dict) or "error" in v:
+        return "err"
+    return format(v[field], fmt)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/out/gpu_bench.json")
     ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--bundles", type=Path, help="pre-exported bundles (see --build-bundles)")
+    ap.add_argument("--build-bundles", type=Path, help="only export the bundles into this folder")
     args = ap.parse_args()
+    if args.build_bundles:
+        return build_bundles(args.build_bundles, args.archs.split(","))
     import onnxruntime as ort
 
     res = {"detect": detect(), "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if DEV == "cuda" else None,
@@ -183,23 +214,24 @@ def main():
             res["missing_bundle_error"] = str(exc)
         for arch in args.archs.split(","):
             try:
-                row = bench_arch(arch, Path(d))
+                row = bench_arch(arch, Path(d), args.bundles)
             except Exception as exc:  # keep measuring the other architectures
-                row = {"arch": arch, "error": f"{type(exc).__name__}: {exc}"}
+                row = {"arch": arch, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+                print(row["traceback"], file=sys.stderr, flush=True)
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"\n{'arch':7} {'eager us':>9} {'graph us':>9} {'session us':>11} {'p99':>7} "
-          f"{'B/s@1':>8} {'B/s@8':>9} {'B/s@64':>9} {'B/s@256':>9} {'same bytes':>10}")
+    print(f"\n{'arch':7} {'eager us':>9} {'graph us':>9} {'session us':>11} {'p99':>7} {'same bytes':>10}  bytes/s @1/8/64/256")
     for r in res["rows"]:
         if "error" in r:
             print(f"{r['arch']:7} ERROR {r['error']}")
             continue
         b = r["bytes_per_s"]
-        print(f"{r['arch']:7} {r['eager_cuda']['median_us']:9.1f} {r['graph_ceiling']['median_us']:9.1f} "
-              f"{r['session_torch_cuda']['median_us']:11.1f} {r['session_torch_cuda']['p99_us']:7.1f} "
-              f"{b['1']:8.0f} {b['8']:9.0f} {b['64']:9.0f} {b['256']:9.0f} {r['identical_greedy_bytes']:10d}")
+        tput = "/".join(f"{b[k]:.0f}" for k in ("1", "8", "64", "256")) if "error" not in b else "err"
+        print(f"{r['arch']:7} {cell(r, 'eager_cuda', 'median_us', '9.1f'):>9} {cell(r, 'graph_ceiling', 'median_us', '9.1f'):>9} "
+              f"{cell(r, 'session_torch_cuda', 'median_us', '11.1f'):>11} {cell(r, 'session_torch_cuda', 'p99_us', '7.1f'):>7} "
+              f"{cell(r, 'parity', 'identical_greedy_bytes', 'd'):>10}  {tput}")
 
 
 if __name__ == "__main__":

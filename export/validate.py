@@ -22,7 +22,9 @@ STEPS = 256
 # 6e-8..1.5e-6 on the five tiny presets). fp16 (weights + compute in half, fp32 residual stream):
 # measured 5e-5 (lstm) .. 7e-4 (rglru) on random-init tiny models over 256 steps and 1.4e-3
 # (max |dstate| 1.9e-3) on the trained models/mamba-tiny.pt, so 5e-2 leaves ~35x headroom.
-ATOL = {"fp32": 1e-4, "fp16": 5e-2}
+# fp32: a trained RG-LRU reaches ~1.1e-4 over 256 steps (1 - a^2 near a = 1 amplifies
+# rounding in log a); 5e-4 still catches any real graph error, which shows up as O(1e-2) or more.
+ATOL = {"fp32": 5e-4, "fp16": 5e-2}
 STATE_ATOL_FACTOR = 10.0  # states (e.g. LSTM c) are unbounded sums: 10x the logit atol
 
 TEXT = (b"The quick brown fox jumps over the lazy dog. Edge devices run small recurrent "
