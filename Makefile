@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EDGELM := $(VENV)/bin/edgelm
-DEMO_MODEL ?= models/lstm-tiny.pt
+DEMO_MODEL ?= models/mingru-tiny.pt
+# Held-out text every Python has and the reference models never saw in training.
+HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
 
 .PHONY: install demo test clean
@@ -22,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: install
 	$(EDGELM) --version
 	$(EDGELM) info $(DEMO_MODEL)
-	$(EDGELM) eval $(DEMO_MODEL) --data data/heldout.txt
+	$(EDGELM) eval $(DEMO_MODEL) --data $(HELDOUT)
 	$(EDGELM) export $(DEMO_MODEL) --target cpu -o $(DEMO_OUT)/bundle-cpu --force
 	$(EDGELM) run $(DEMO_OUT)/bundle-cpu --prompt "def " --max-bytes 300 --seed 0 --temperature 0.8
 	@echo

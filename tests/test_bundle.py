@@ -70,11 +70,15 @@ def test_unknown_target_lists_valid_ones(ckpt, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_precision_the_target_lacks(ckpt, tmp_path):
-    with pytest.raises(EdgelmError, match="does not support fp16.*fp32"):
-        export_bundle(ckpt, "cpu", "fp16", tmp_path / "b")
+def test_precision_the_target_lacks(ckpt, tmp_path, monkeypatch):
     with pytest.raises(EdgelmError, match="fp32 or fp16"):
         export_bundle(ckpt, "jetson", "int8", tmp_path / "b")
+    real = bundle_mod.get_profile
+    monkeypatch.setattr(bundle_mod, "get_profile",
+                        lambda name: dataclasses.replace(real(name), precisions=("fp32",)))
+    with pytest.raises(EdgelmError, match="does not support fp16.*fp32"):
+        export_bundle(ckpt, "cpu", "fp16", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 def test_model_too_large_for_the_profile(ckpt, tmp_path, monkeypatch):
@@ -139,7 +143,7 @@ def test_missing_manifest(copy):
 
 @pytest.mark.parametrize("args,message", [
     (["--target", "nope"], "unknown target 'nope'; valid targets:"),
-    (["--target", "cpu", "--precision", "fp16"], "does not support fp16"),
+    (["--target", "cpu", "--precision", "int8"], "does not support int8"),
     (["--target", "jetson", "--precision", "int8"], "fp32 or fp16"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(ckpt, tmp_path, args, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -18,7 +20,8 @@ from edgelm.export.validate import ATOL, session
 from edgelm.models import ARCHS, build_model
 from edgelm.runtime.bundle import load_bundle
 
-PRECISION_TARGET = {"fp32": "cpu", "fp16": "jetson"}  # the cpu profiles have no fp16
+# The targets the export issue names: cpu, jetson (= jetson-orin-nano-8gb, the same profile), h100.
+GPU_TARGETS = ["jetson", "h100"]
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +39,13 @@ def ckpts(tmp_path_factory):
 def bundles(ckpts, tmp_path_factory):
     root, cache = tmp_path_factory.mktemp("bundles"), {}
 
-    def get(arch: str, precision: str):
-        if (arch, precision) not in cache:
-            out = root / f"{arch}-{precision}"
+    def get(arch: str, precision: str, target: str = "cpu"):
+        if (arch, precision, target) not in cache:
+            out = root / f"{arch}-{precision}-{target}"
             # chunk 8 keeps the suite fast (the exporter's passes grow faster than linearly with
             # the unrolled prefill); the default chunk 32 is exported in test_bundle.py
-            cache[arch, precision] = (out, export_bundle(ckpts[arch], PRECISION_TARGET[precision], precision, out,
-                                                         chunk=8))
-        return cache[arch, precision]
+            cache[arch, precision, target] = (out, export_bundle(ckpts[arch], target, precision, out, chunk=8))
+        return cache[arch, precision, target]
     return get
 
 
@@ -73,6 +75,20 @@ def test_export_parity_and_graphs(bundles, arch, precision):
             assert ins[s["input"]]["dtype"] == "float32" and outs[s["output"]]["shape"] == ["batch", *s["shape"]]
     has_half = any(t.data_type == TensorProto.FLOAT16 for t in onnx.load(str(out / "step.onnx")).graph.initializer)
     assert has_half == (precision == "fp16")
+
+
+@pytest.mark.parametrize("target", GPU_TARGETS)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_export_on_gpu_targets(bundles, arch, precision, target):
+    out, manifest = bundles(arch, precision, target)
+    profile = get_profile(target)
+    assert profile == get_profile("jetson-orin-nano-8gb") or target != "jetson"
+    assert manifest["target"]["name"] == profile.name and manifest["max_streams"] == profile.default_max_streams
+    assert manifest["validation"]["tensorrt_ops"] == "ok"
+    assert manifest["validation"]["max_abs_logit_diff"] <= ATOL[precision]
+    assert "--stronglyTyped" in (out / "build_engine.sh").read_text()
+    assert check_tensorrt_compat(onnx.load(str(out / "step.onnx")), profile) == []
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -163,7 +179,8 @@ def test_compat_clean_graph_passes():
 
 def test_compat_fp16_on_a_target_without_it():
     g = _graph([helper.make_node("Sigmoid", ["x"], ["y"])], elem=TensorProto.FLOAT16)
-    problems = check_tensorrt_compat(g, get_profile("cpu"))
+    no_fp16 = dataclasses.replace(get_profile("cpu"), precisions=("fp32",))
+    problems = check_tensorrt_compat(g, no_fp16)
     assert any("fp16" in p for p in problems)
     assert check_tensorrt_compat(g, get_profile("jetson")) == []
 
