@@ -2,8 +2,9 @@
 
 Every stream owns a `Sampler` with its own numpy Generator (PCG64), so a stream's bytes depend
 only on its seed and its logits, never on which other streams share its batch. One uniform draw
-per sampled byte (none for greedy); the generator's state travels in snapshots.
-Work buffers are allocated once (`BatchSampler`).
+per sampled byte (none for greedy), used as an inverse-CDF draw on the cumulative softmax; the
+generator's state travels in snapshots. Work buffers are allocated once (`Sampler` keeps one
+row's for the batch-1 fast path, `BatchSampler` a batch's).
 """
 
 from __future__ import annotations
@@ -58,12 +59,35 @@ class Sampler:
     def __init__(self, sampling: Sampling = Sampling()):
         self.sampling = sampling
         self.rng = np.random.default_rng(sampling.seed)
+        self._inv_t = 0.0 if sampling.greedy else 1.0 / sampling.temperature
+        self._plain = sampling.top_k in (0, VOCAB) and sampling.top_p >= 1.0
+        self._w = np.empty(VOCAB, np.float64)  # work buffers of the one-row fast path
+        self._c = np.empty(VOCAB, np.float64)
+        self._batch: BatchSampler | None = None
+        self._out = np.zeros(1, np.int64)
 
     def sample(self, logits: np.ndarray) -> int:
-        """Sample one byte from a (256,) logits row (the same arithmetic as a batch of one)."""
-        out = np.zeros(1, np.int64)
-        BatchSampler(1).sample(logits.reshape(1, VOCAB), [self], out)
-        return int(out[0])
+        """Sample one byte from a (256,) logits row (float32), bit-identical to a batch of one.
+
+        Greedy and plain temperature sampling take a one-row fast path (no temporaries, no
+        per-call lists); top-k / top-p go through a one-row `BatchSampler`.
+        """
+        if self._inv_t == 0.0:
+            return int(logits.argmax())
+        if not self._plain:
+            if self._batch is None:
+                self._batch = BatchSampler(1)
+            self._batch.sample(logits.reshape(1, VOCAB), [self], self._out)
+            return int(self._out[0])
+        w, c = self._w, self._c
+        np.multiply(logits, self._inv_t, out=w)
+        # max(w) without a float64 reduction: scaling by a positive factor keeps the argmax
+        np.subtract(w, w[logits.argmax()], out=w)
+        np.exp(w, out=w)
+        np.add.accumulate(w, out=c)
+        # inverse CDF: the first byte whose cumulative mass exceeds u * total
+        # (= BatchSampler's count of cumulative masses <= u * total, one draw either way)
+        return min(int(c.searchsorted(self.rng.random() * c[-1], "right")), VOCAB - 1)
 
     # -- snapshots ---------------------------------------------------------------------
     def get_state(self) -> dict:

@@ -146,3 +146,12 @@ class Session:
         logits = self.backend.run_resident(graph, byte_ids)
         self.logits_pool[self._resident_idx] = logits
         return logits
+
+    def step_one(self, slot: int, slots: tuple[int, ...], byte: int) -> np.ndarray:
+        """`run("step", slots, [byte])` for one stream (`slots` == (slot,)), the batch-1
+        generation hot path: returns the slot's (256,) logits row in the pool."""
+        if slots != self._resident:
+            self._gather(slots)
+        row = self.logits_pool[slot]
+        row[:] = self.backend.step_one(byte)
+        return row

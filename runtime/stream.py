@@ -15,7 +15,9 @@ import numpy as np
 
 from ..errors import EdgelmError
 from . import snapshot as snap
-from .sampling import BatchSampler, Sampler, Sampling, StopMatcher
+from .sampling import Sampler, Sampling, StopMatcher
+
+_BYTES = [bytes((b,)) for b in range(256)]
 
 
 class Generation:
@@ -46,8 +48,6 @@ class Stream:
         self.session, self.slot = session, slot
         self.sampler = Sampler(sampling or Sampling())
         self.fed = 0  # bytes consumed since the initial state
-        self._one = np.zeros(1, np.int64)
-        self._batch_sampler = BatchSampler(1)
         self._slots = (slot,)
 
     # -- consuming ---------------------------------------------------------------------
@@ -70,13 +70,27 @@ class Stream:
         if sampling is not None:
             self.sampler = Sampler(sampling)
         job = Generation(self, max_bytes, stop)
-        logits = self.session.logits_pool[self.slot:self.slot + 1]
+        if not job.matcher.stops:
+            yield from self._generate_plain(max_bytes)
+            return
+        session, slot, slots = self.session, self.slot, self._slots
+        logits = session.logits_pool[slot]
         while not job.done:
-            self._batch_sampler.sample(logits, [self.sampler], self._one)
-            self.session.run("step", self._slots, self._one)
-            out = job.accept(int(self._one[0]))
+            byte = self.sampler.sample(logits)
+            logits = session.step_one(slot, slots, byte)
+            out = job.accept(byte)
             if out:
                 yield out
+
+    def _generate_plain(self, max_bytes: int) -> Iterator[bytes]:
+        """The batch-1 hot path without stop sequences: sample, step, yield, nothing else."""
+        session, slot, slots = self.session, self.slot, self._slots
+        logits = session.logits_pool[slot]
+        for _ in range(max_bytes):
+            byte = self.sampler.sample(logits)
+            logits = session.step_one(slot, slots, byte)
+            self.fed += 1
+            yield _BYTES[byte]
 
     # -- state -------------------------------------------------------------------------
     @property

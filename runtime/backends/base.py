@@ -31,6 +31,7 @@ class Backend:
         self.ids_step = np.zeros((max_streams,), np.int64)
         self.ids_prefill = np.zeros((max_streams, self.chunk), np.int64)
         self.logits = np.zeros((max_streams, VOCAB), np.float32)
+        self._logits_row = self.logits[0]
         self.parity = 0  # flips every call: which physical buffer is state_in
 
     @property
@@ -81,6 +82,15 @@ class Backend:
         self.state_in, self.state_out = self.state_out, self.state_in
         self.parity ^= 1
         return self.logits[:batch]
+
+    def step_one(self, byte: int) -> np.ndarray:
+        """`run_resident("step", [byte])` for a batch of one, without the array plumbing:
+        returns the (256,) logits row view."""
+        self.ids_step[0] = byte
+        self._run("step", 1)
+        self.state_in, self.state_out = self.state_out, self.state_in
+        self.parity ^= 1
+        return self._logits_row
 
     def _flip(self, batch: int):
         """Ping-pong: the outputs just written become the next call's inputs."""

@@ -78,9 +78,10 @@ class OrtBackend(Backend):
 
     def _binding(self, graph: str, batch: int):
         key = (graph, batch, self.parity)
-        if key not in self._bindings:
-            self._bindings[key] = self._make_binding(graph, batch)
-        return self._bindings[key]
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self._bindings[key] = self._make_binding(graph, batch)
+        return binding
 
     def _make_binding(self, graph: str, batch: int):
         ov = self._ort.OrtValue.ortvalue_from_numpy
