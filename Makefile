@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EDGELM := $(VENV)/bin/edgelm
-DEMO_MODEL ?= models/mingru-tiny.pt
+DEMO_MODEL ?= models/mamba-tiny.pt
 # Held-out text every Python has and the reference models never saw in training.
 HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
