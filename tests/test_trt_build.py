@@ -1,4 +1,4 @@
-"""export/trt_build.py without a GPU: mypy against tensorrt-stubs, the no-TensorRT error, the pure
+"""export/trt_build.py (and the tensorrt runtime backend) without a GPU: mypy against tensorrt-stubs, the no-TensorRT error, the pure
 helpers, build_engine.sh, and build_engine's control flow against a fake `tensorrt` module."""
 
 import dataclasses
@@ -65,8 +65,9 @@ def _mypy(stubs: Path, path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_trt_build_typechecks_against_tensorrt_stubs(trt_stubs):
-    res = _mypy(trt_stubs, REPO / "export" / "trt_build.py")
+@pytest.mark.parametrize("module", ["export/trt_build.py", "runtime/backends/trt.py"])
+def test_trt_build_typechecks_against_tensorrt_stubs(trt_stubs, module):
+    res = _mypy(trt_stubs, REPO / module)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -11,10 +11,16 @@ tensorrt and cuda-python are imported only when this backend is picked.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ...errors import EdgelmError
 from .base import Backend
+
+if TYPE_CHECKING:  # typed against tensorrt-stubs in the test suite (tests/test_trt_build.py)
+    import tensorrt as trt
 
 MISSING = ("tensorrt is not installed: on Jetson it comes with JetPack (apt install python3-libnvinfer), "
            "on a desktop GPU pip install tensorrt; or use --backend onnxruntime")
@@ -52,18 +58,27 @@ def _ck(result):
 class _Engine:
     """One deserialized engine + context with ping-pong device buffers and captured graphs."""
 
-    def __init__(self, trt, cudart, runtime, path, backend: "TrtBackend", ids_shape):
-        self.cudart, self.backend = cudart, backend
+    def __init__(self, runtime: trt.Runtime, path: Path, backend: TrtBackend, ids_shape: tuple) -> None:
+        self.cudart, self.backend = backend.cudart, backend
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise EdgelmError(f"{path} cannot be deserialized here (built for another GPU or TensorRT "
-                              f"version {trt.__version__}); run `edgelm build` again on this device")
-        self.engine, self.ctx = engine, engine.create_execution_context()
+                              f"version {backend.trt.__version__}); run `edgelm build` again on this device")
+        self.engine: trt.ICudaEngine = engine
+        self.ctx: trt.IExecutionContext = engine.create_execution_context()
         n = backend.max_streams
         self.d_ids = self._alloc(n * int(np.prod(ids_shape)) * 8)
         self.d_logits = self._alloc(n * 256 * 4)
         self.d_state = [[self._alloc(b.nbytes) for b in backend.state_in] for _ in range(2)]
         self.graphs: dict[tuple[int, int], object] = {}
+
+    def free(self) -> None:
+        """Release the device buffers (once; later calls do nothing)."""
+        for ptr in [self.d_ids, self.d_logits, *self.d_state[0], *self.d_state[1]]:
+            if ptr:
+                self.cudart.cudaFree(ptr)
+        self.d_ids = self.d_logits = 0
+        self.d_state = [[], []]
 
     def _alloc(self, nbytes: int) -> int:
         return int(_ck(self.cudart.cudaMalloc(nbytes)))
@@ -78,7 +93,7 @@ class _Engine:
             ctx.set_tensor_address(s.input, src)
             ctx.set_tensor_address(s.output, dst)
 
-    def enqueue(self, stream, batch: int, parity: int, ids_shape: tuple) -> None:
+    def enqueue(self, stream: int, batch: int, parity: int, ids_shape: tuple) -> None:
         key = (batch, parity)
         self._bind(batch, parity, ids_shape)
         if key in self.graphs:
@@ -88,7 +103,7 @@ class _Engine:
             raise EdgelmError("TensorRT execute_async_v3 failed; see the TensorRT log above")
         self.graphs[key] = self._capture(stream)
 
-    def _capture(self, stream):
+    def _capture(self, stream: int) -> object:
         cudart = self.cudart
         try:
             _ck(cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
@@ -102,7 +117,7 @@ class _Engine:
 class TrtBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, bundle, device, max_streams):
+    def __init__(self, bundle, device: str | None, max_streams: int) -> None:
         super().__init__(bundle, device, max_streams)
         import tensorrt as trt
 
@@ -116,9 +131,9 @@ class TrtBackend(Backend):
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self.logger)
         self.stream = _ck(self.cudart.cudaStreamCreate())
-        self.step_engine = _Engine(trt, self.cudart, runtime, path, self, ())
+        self.step_engine = _Engine(runtime, path, self, ())
         pre = bundle.path / eng.get("prefill_file", "engine.prefill.plan")
-        self.prefill_engine = _Engine(trt, self.cudart, runtime, pre, self, (self.chunk,)) if pre.is_file() else None
+        self.prefill_engine = _Engine(runtime, pre, self, (self.chunk,)) if pre.is_file() else None
         self._dev_parity = 0
 
     def _h2d(self, dst: int, src: np.ndarray) -> None:
@@ -130,9 +145,11 @@ class TrtBackend(Backend):
         _ck(self.cudart.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, self.stream))
 
     def _run(self, graph: str, batch: int) -> None:
-        if graph == "prefill" and self.prefill_engine is None:
-            return self._prefill_by_steps(batch)
-        eng = self.prefill_engine if graph == "prefill" else self.step_engine
+        eng = self.step_engine
+        if graph == "prefill":
+            if self.prefill_engine is None:
+                return self._prefill_by_steps(batch)
+            eng = self.prefill_engine
         ids = self.ids_prefill[:batch] if graph == "prefill" else self.ids_step[:batch]
         p = self._dev_parity
         self._h2d(eng.d_ids, ids)
@@ -157,11 +174,9 @@ class TrtBackend(Backend):
         return f"tensorrt {self.trt.__version__}"
 
     def close(self) -> None:
-        for eng in (self.step_engine, self.prefill_engine):
-            if eng is not None:
-                for ptr in [eng.d_ids, eng.d_logits, *eng.d_state[0], *eng.d_state[1]]:
-                    self.cudart.cudaFree(ptr)
-        self.step_engine = self.prefill_engine = None
+        self.step_engine.free()
+        if self.prefill_engine is not None:
+            self.prefill_engine.free()
 
 
 BACKEND = TrtBackend
