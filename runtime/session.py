@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import EdgelmError
 from .backends import open_backend
-from .bundle import Bundle, load_bundle
+from .bundle import PRIME_BYTE, Bundle, load_bundle
 from .sampling import Sampling
 
 VOCAB = 256
@@ -32,6 +32,7 @@ class Session:
         self.pool = [np.zeros((max_streams, *s.shape), np.float32) for s in bundle.state]
         self.logits_pool = np.zeros((max_streams, VOCAB), np.float32)
         self._free = list(range(max_streams - 1, -1, -1))
+        self._initial = self._primed_state()
         self._resident: tuple[int, ...] | None = None
         self._resident_idx = np.zeros(0, np.int64)
 
@@ -95,6 +96,12 @@ class Session:
     def __exit__(self, *exc):
         self.close()
 
+    def _primed_state(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """A fresh stream's state and next-byte logits: PRIME_BYTE stepped from the zero state."""
+        zeros = [np.zeros((1, *s.shape), np.float32) for s in self.bundle.state]
+        logits, states = self.backend.step(np.array([PRIME_BYTE], np.int64), zeros)
+        return [s.copy() for s in states], logits[0].copy()
+
     # -- slots -------------------------------------------------------------------------
     def _acquire(self) -> int:
         if not self._free:
@@ -114,11 +121,12 @@ class Session:
         return [p[slot:slot + 1].copy() for p in self.pool], self.logits_pool[slot].copy()
 
     def write_slot(self, slot: int, states, logits) -> None:
-        """Set a slot's state and logits (None = the initial state / uniform logits)."""
+        """Set a slot's state and logits (None: a fresh stream's, see PRIME_BYTE)."""
         self.flush()
+        init_states, init_logits = self._initial
         for i, p in enumerate(self.pool):
-            p[slot] = 0.0 if states is None else states[i].reshape(p.shape[1:])
-        self.logits_pool[slot] = 0.0 if logits is None else logits
+            p[slot] = (init_states if states is None else states)[i].reshape(p.shape[1:])
+        self.logits_pool[slot] = init_logits if logits is None else logits
 
     # -- running -----------------------------------------------------------------------
     def flush(self) -> None:

@@ -63,10 +63,25 @@ def test_seeded_sampling_reproducible_and_seeds_differ(bundle_dir):
         assert run(temperature=0.0) == run(temperature=0.0, seed=9)
 
 
+def _assert_primed(sess, stream):
+    """A fresh stream holds what the model computes after PRIME_BYTE from the zero state."""
+    import torch
+
+    from edgelm.checkpoint import load_model
+    from edgelm.runtime.bundle import PRIME_BYTE
+
+    model = load_model(sess.bundle.path / "model.pt")
+    with torch.no_grad():
+        logits, state = model.step(torch.tensor([PRIME_BYTE]), model.init_state(1))
+    np.testing.assert_allclose(stream.logits, logits[0].numpy(), atol=1e-4)
+    assert _max_diff(stream.state, [t.numpy() for t in state]) < 1e-4
+
+
 def test_generate_length_stop_and_empty_prompt(bundle_dir):
     with Session.open(bundle_dir("lstm")) as sess:
         s = sess.stream(Sampling(seed=1))
-        assert s.fed == 0 and not s.logits.any()  # initial state: uniform next byte
+        assert s.fed == 0
+        _assert_primed(sess, s)
         out = b"".join(s.generate(50))
         assert len(out) == 50 and s.fed == 50
         full = b"".join(sess.stream(Sampling(seed=1)).generate(50))
@@ -83,7 +98,8 @@ def test_reset_returns_to_initial_state(bundle_dir):
         s = sess.stream(Sampling(seed=5), prompt=b"abc")
         first = b"".join(s.generate(30))
         s.reset()
-        assert not any(x.any() for x in s.state)
+        assert s.fed == 0
+        _assert_primed(sess, s)
         s.feed(b"abc")
         assert b"".join(s.generate(30)) == first
 
