@@ -21,7 +21,7 @@ from .. import __version__
 from ..devices import get_profile
 from ..errors import EdgelmError
 from ..fileio import atomic_dir, atomic_write_text
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, load_bundle, sha256_file
+from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, load_bundle, sha256_file, state_io
 from .trt_ops import check_tensorrt_compat, target_opset
 
 if TYPE_CHECKING:  # torch and onnx load only once the cheap checks passed: bad input fails fast
@@ -95,7 +95,7 @@ def _graph(path: Path, chunk: int | None, profile) -> dict:
 
 
 def _state(model: ByteLM) -> list[dict]:
-    return [{"name": n, "input": f"state_in.{n}", "output": f"state_out.{n}", "shape": list(shape),
+    return [{"name": n, "input": state_io(n)[0], "output": state_io(n)[1], "shape": list(shape),
              "dtype": "float32"} for n, shape in model.state_spec()]
 
 

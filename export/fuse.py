@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import ByteLM
+from ..models.common import causal_conv_step
 from ..models.rglru import C_SCALE
 
 GELU_K1 = 2.0 * math.sqrt(2.0 / math.pi)  # tanh-gelu(x) = x * sigmoid(k1 x + k1 * 0.044715 x^3)
@@ -63,6 +64,10 @@ class FusedLM(nn.Module):
 
     def buf(self, name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> None:
         self.register_buffer(name, t.detach().to(dtype or self.dtype).contiguous())
+
+    def layer(self, i: int):
+        """Accessor for layer i's buffers: layer(i)("w_in") is the buffer "w_in{i}"."""
+        return lambda name: getattr(self, f"{name}{i}")
 
     def to_c(self, x):  # float32 -> compute dtype (no node in fp32)
         return x.to(self.dtype) if self.half else x
@@ -202,10 +207,6 @@ class FusedResidual(FusedLM):
         """
         return self.to_c(x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w)
 
-    def conv(self, x, conv_state, w, b):
-        window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # (B, C, K)
-        return (window * w).sum(-1) + b, window[:, :, 1:]
-
     def mlp_params(self, block):
         """Gated MLP: norm and k1 folded into gate_up, 1/k1 into down."""
         w = block.mlp.gate_up.weight.t().clone()  # (D, 2F)
@@ -219,8 +220,7 @@ class FusedResidual(FusedLM):
 
     def core(self, byte_ids, state):
         x = self.to_f(self.table[byte_ids])  # (B, D) float32 residual stream
-        x, new = self.blocks(x, state)
-        return x, new
+        return self.blocks(x, state)
 
     def logits(self, x):
         return self.to_f(self.norm(x, self.nw_f) @ self.w_head)  # (B, 256)
@@ -247,7 +247,7 @@ class FusedMinGRU(FusedResidual):
     def blocks(self, x, state):
         new = []
         for i in range(self.n_layers):
-            p = lambda n: getattr(self, f"{n}{i}")  # noqa: E731
+            p = self.layer(i)
             k, cand, cand5 = torch.addmm(p("b_in"), self.norm(x, p("nw")), p("w_in")).split([self.dh] * 3, dim=-1)
             gc = torch.maximum(cand5, torch.sigmoid(cand))  # g(cand)
             h = state[i]
@@ -277,7 +277,7 @@ class FusedMamba(FusedResidual):
                 self.buf(f"w_out{i}", blk.out_proj.weight.t())
 
     def ssm(self, i, u, ssm):
-        p = lambda n: getattr(self, f"{n}{i}")  # noqa: E731
+        p = self.layer(i)
         dt, bc = (u @ p("w_x")).split([self.r, 2 * self.n], dim=-1)  # (B, R), (B, 2N)
         dt = _Softplus.apply(torch.addmm(p("b_dt"), dt, p("w_dt"))).unsqueeze(-1)  # (B, Di, 1)
         b, c = bc.unsqueeze(1).split([self.n, self.n], dim=-1)  # (B, 1, N) each
@@ -287,9 +287,9 @@ class FusedMamba(FusedResidual):
     def blocks(self, x, state):
         new = []
         for i in range(self.n_layers):
-            p = lambda n: getattr(self, f"{n}{i}")  # noqa: E731
+            p = self.layer(i)
             xin, z = (self.norm(x, p("nw")) @ p("w_in")).split([self.di] * 2, dim=-1)  # (B, Di) each
-            u, conv = self.conv(xin, state[2 * i], p("conv_w"), p("conv_b"))
+            u, conv = causal_conv_step(xin, state[2 * i], p("conv_w"), p("conv_b"))
             u = u * torch.sigmoid(u)
             y, ssm = self.ssm(i, u, state[2 * i + 1])
             x = x + self.to_f((y * (z * torch.sigmoid(z))) @ p("w_out"))
@@ -318,7 +318,7 @@ class FusedRGLRU(FusedResidual):
                 self.buf(f"w_down{i}", w_down)
 
     def rglru(self, i, u, h):
-        p = lambda n: getattr(self, f"{n}{i}")  # noqa: E731
+        p = self.layer(i)
         r, ig = torch.sigmoid(torch.addmm(p("b_g"), u, p("w_g"))).split([self.dr] * 2, dim=-1)
         a = torch.exp(r * p("k_a"))  # (B, Dr)
         mult = torch.sqrt((1.0 - a * a).clamp_min(1e-12))
@@ -327,9 +327,9 @@ class FusedRGLRU(FusedResidual):
     def blocks(self, x, state):
         new = []
         for i in range(self.n_layers):
-            p = lambda n: getattr(self, f"{n}{i}")  # noqa: E731
+            p = self.layer(i)
             gate, u = (self.norm(x, p("nw")) @ p("w_in")).split([self.dr] * 2, dim=-1)  # (B, Dr) each
-            u, conv = self.conv(u, state[2 * i], p("conv_w"), p("conv_b"))
+            u, conv = causal_conv_step(u, state[2 * i], p("conv_w"), p("conv_b"))
             h = self.rglru(i, u, state[2 * i + 1])
             x = x + self.to_f((h * gelu_scaled(gate)) @ p("w_out"))
             x = self.mlp(x, p("nw_mlp"), p("w_gu"), p("w_down"))

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..models import ByteLM
+from ..runtime.bundle import state_io
 from .bundle import DEFAULT_CHUNK, OPSET
 from .fuse import FusedPrefill, fuse
 from .validate import one_thread
@@ -41,9 +42,8 @@ class NaiveStep(nn.Module):
 
 
 def io_names(model: ByteLM) -> tuple[list[str], list[str]]:
-    names = model.state_names()
-    return (["byte_ids"] + [f"state_in.{n}" for n in names],
-            ["logits"] + [f"state_out.{n}" for n in names])
+    pairs = [state_io(n) for n in model.state_names()]
+    return ["byte_ids"] + [i for i, _ in pairs], ["logits"] + [o for _, o in pairs]
 
 
 def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: int) -> None:

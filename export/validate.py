@@ -16,6 +16,7 @@ import torch
 
 from ..errors import EdgelmError
 from ..models import ByteLM
+from ..runtime.bundle import state_io
 
 STEPS = 256
 # Logit atol per precision. fp32: ORT vs eager differ by float rounding only (measured
@@ -61,7 +62,7 @@ def session(path: str | Path, threads: int = 0):
 
 
 def _feeds(names: list[str], byte_ids: np.ndarray, state) -> dict:
-    return {"byte_ids": byte_ids, **{f"state_in.{n}": np.asarray(s, dtype=np.float32) for n, s in zip(names, state)}}
+    return {"byte_ids": byte_ids, **{state_io(n)[0]: np.asarray(s, dtype=np.float32) for n, s in zip(names, state)}}
 
 
 def _maxdiff(a, b) -> float:

@@ -25,6 +25,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
+def state_io(name: str) -> tuple[str, str]:
+    """Graph input and output names of state tensor `name`: ("state_in.0.h", "state_out.0.h")."""
+    return f"state_in.{name}", f"state_out.{name}"
+
+
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

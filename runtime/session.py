@@ -55,7 +55,7 @@ class Session:
     @property
     def state_bytes_per_stream(self) -> int:
         """Recurrent state bytes of one stream (float32), whatever its length."""
-        return sum(int(np.prod(s.shape)) * 4 for s in self.bundle.state)
+        return self.bundle.state_bytes_per_stream()
 
     @property
     def buffer_bytes(self) -> int:
@@ -155,11 +155,11 @@ class Session:
         self.logits_pool[self._resident_idx] = logits
         return logits
 
-    def step_one(self, slot: int, slots: tuple[int, ...], byte: int) -> np.ndarray:
+    def step_one(self, slots: tuple[int], byte: int) -> np.ndarray:
         """`run("step", slots, [byte])` for one stream (`slots` == (slot,)), the batch-1
         generation hot path: returns the slot's (256,) logits row in the pool."""
         if slots != self._resident:
             self._gather(slots)
-        row = self.logits_pool[slot]
+        row = self.logits_pool[slots[0]]
         row[:] = self.backend.step_one(byte)
         return row

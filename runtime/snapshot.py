@@ -69,7 +69,7 @@ def unpack(bundle, blob: bytes) -> tuple[list[np.ndarray], np.ndarray, int, dict
                           f"this bundle {bundle.bundle_id[:12]}...; restore it with the bundle that made it")
     if header.get("state") != state_layout(bundle):
         raise EdgelmError("snapshot state layout does not match this bundle's; it cannot be restored")
-    sizes = [int(np.prod(s.shape)) for s in bundle.state] + [256]
+    sizes = [s.numel for s in bundle.state] + [256]
     if len(payload) != 4 * sum(sizes):
         raise EdgelmError("snapshot payload has the wrong size; it cannot be restored")
     flat = np.frombuffer(payload, "<f4")

@@ -77,7 +77,7 @@ class Stream:
         logits = session.logits_pool[slot]
         while not job.done:
             byte = self.sampler.sample(logits)
-            logits = session.step_one(slot, slots, byte)
+            logits = session.step_one(slots, byte)
             out = job.accept(byte)
             if out:
                 yield out
@@ -88,7 +88,7 @@ class Stream:
         logits = session.logits_pool[slot]
         for _ in range(max_bytes):
             byte = self.sampler.sample(logits)
-            logits = session.step_one(slot, slots, byte)
+            logits = session.step_one(slots, byte)
             self.fed += 1
             yield _BYTES[byte]
 

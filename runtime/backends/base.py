@@ -79,8 +79,7 @@ class Backend:
         chunk = byte_ids.shape[1] if byte_ids.ndim == 2 else 0
         np.copyto(self.ids_prefill[:batch] if chunk else self.ids_step[:batch], byte_ids, casting="same_kind")
         self._run("prefill" if chunk else "step", batch)
-        self.state_in, self.state_out = self.state_out, self.state_in
-        self.parity ^= 1
+        self._swap()
         return self.logits[:batch]
 
     def step_one(self, byte: int) -> np.ndarray:
@@ -88,15 +87,17 @@ class Backend:
         returns the (256,) logits row view."""
         self.ids_step[0] = byte
         self._run("step", 1)
-        self.state_in, self.state_out = self.state_out, self.state_in
-        self.parity ^= 1
+        self._swap()
         return self._logits_row
 
     def _flip(self, batch: int):
+        self._swap()
+        return self.logits[:batch], [buf[:batch] for buf in self.state_in]
+
+    def _swap(self) -> None:
         """Ping-pong: the outputs just written become the next call's inputs."""
         self.state_in, self.state_out = self.state_out, self.state_in
         self.parity ^= 1
-        return self.logits[:batch], [buf[:batch] for buf in self.state_in]
 
     def _run(self, graph: str, batch: int) -> None:
         """Read ids and state_in[:batch]; write logits and state_out[:batch] (never aliased)."""
