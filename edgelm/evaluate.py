@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .errors import EdgelmError
 from .models import ByteLM
-from .runtime.bundle import PRIME_BYTE  # "\n": the first byte's context, as in the runtime
+from .vocab import PRIME_BYTE  # "\n": the first byte's context, as in the runtime
 
 READ_CHUNK = 64 * 1024  # bytes read from the file at a time
 WINDOW = 4096  # bytes per forward call: bounds the logits tensor at (1, 4096, 256)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..devices import get_profile
 from ..errors import EdgelmError
+from ..vocab import VOCAB
 from ..fileio import atomic_dir, atomic_write_text
 from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, load_bundle, sha256_file, state_io
 from .trt_ops import check_tensorrt_compat, target_opset
@@ -27,7 +28,6 @@ from .trt_ops import check_tensorrt_compat, target_opset
 if TYPE_CHECKING:  # torch and onnx load only once the cheap checks passed: bad input fails fast
     from ..models import ByteLM
 
-VOCAB = 256
 OPSET = 17
 DEFAULT_CHUNK = 32
 EXPORT_PRECISIONS = ("fp32", "fp16")

@@ -14,12 +14,6 @@ from pathlib import Path
 
 from ..errors import EdgelmError
 
-# Every stream's history starts with one newline byte: a fresh stream holds the state (and the
-# next-byte logits) after stepping PRIME_BYTE from the zero state, and `edgelm eval` predicts a
-# text's first byte the same way. (Models have no start-of-text byte; texts usually follow a
-# line break.)
-PRIME_BYTE = 0x0A
-
 FORMAT = "edgelm-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

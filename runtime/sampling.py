@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import EdgelmError
-
-VOCAB = 256
+from ..vocab import VOCAB
 
 
 @dataclass(frozen=True)

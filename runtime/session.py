@@ -19,10 +19,10 @@ import numpy as np
 
 from ..errors import EdgelmError
 from .backends import open_backend
-from .bundle import PRIME_BYTE, Bundle, load_bundle
+from ..vocab import PRIME_BYTE, VOCAB
+from .bundle import Bundle, load_bundle
 from .sampling import Sampling
 
-VOCAB = 256
 _BOUND_BACKENDS = ("tensorrt",)  # engines are built for the bundle's max batch
 
 

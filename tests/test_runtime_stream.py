@@ -68,7 +68,7 @@ def _assert_primed(sess, stream):
     import torch
 
     from edgelm.checkpoint import load_model
-    from edgelm.runtime.bundle import PRIME_BYTE
+    from edgelm.vocab import PRIME_BYTE
 
     model = load_model(sess.bundle.path / "model.pt")
     with torch.no_grad():

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-VOCAB = 256  # byte values; there is no tokenizer
+from ..vocab import VOCAB
+
 State = tuple[torch.Tensor, ...]
 
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...vocab import VOCAB
 from ..bundle import Bundle
-
-VOCAB = 256
 
 
 class Backend:
