@@ -12,8 +12,6 @@ import re
 import subprocess
 from pathlib import Path
 
-from .loader import host_cpu_profile
-
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 SMI_QUERY = ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader"]
 
@@ -81,6 +79,12 @@ def parse_cpu_model(cpuinfo: str) -> str | None:
         if m:
             return m.group(1).strip()
     return None
+
+
+def host_cpu_profile(machine: str | None = None) -> str:
+    """cpu-arm64 or cpu-x86 for a platform.machine() string (default: this machine)."""
+    machine = (machine or platform.machine()).lower()
+    return "cpu-arm64" if machine in ("aarch64", "arm64", "armv8l") else "cpu-x86"
 
 
 def _read(path: str | Path) -> str | None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-import platform
 from pathlib import Path
 
 from ..errors import EdgelmError  # edgelm.errors is standard-library only
+from .detect import detect, host_cpu_profile  # detect.py imports nothing from here
 from .profile import DeviceProfile, check_profile
 
 try:
@@ -51,11 +51,6 @@ def list_profiles() -> list[DeviceProfile]:
     return sorted(_all_profiles().values(), key=lambda p: order[p.family])
 
 
-def host_cpu_profile(machine: str | None = None) -> str:
-    machine = (machine or platform.machine()).lower()
-    return "cpu-arm64" if machine in ("aarch64", "arm64", "armv8l") else "cpu-x86"
-
-
 def resolve_alias(name: str) -> str:
     """Map a family alias to a profile name; other names are returned unchanged."""
     name = name.strip().lower()
@@ -67,8 +62,6 @@ def resolve_alias(name: str) -> str:
 
 
 def _detected_gpu() -> str:
-    from .detect import detect
-
     found = detect()
     if found["family"] == "cpu":
         raise EdgelmError(f"target 'gpu': no NVIDIA GPU found on this machine ({found['evidence']}); "

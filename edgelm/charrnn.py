@@ -17,6 +17,7 @@ import torch
 
 from .errors import EdgelmError
 from .models import VOCAB, ByteLM, build_model
+from .statedict import check_state_dict
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params",
                 "model_state", "module")
@@ -136,8 +137,6 @@ def convert(sd: dict) -> tuple[str, dict, dict]:
 
 def from_charrnn(payload, where: str) -> ByteLM:
     """Build an edgelm lstm/gru model from a char-RNN file's payload, or explain what was found."""
-    from .checkpoint import check_state_dict
-
     sd = find_state_dict(payload)
     try:
         if sd is None:

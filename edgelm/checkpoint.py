@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from .charrnn import from_charrnn  # charrnn.py imports nothing from here
 from .errors import EdgelmError
 from .fileio import atomic_path
 from .models import ARCHS, ByteLM, build_model
+from .statedict import check_state_dict
 
 FORMAT, VERSION = "edgelm", 1
-MAX_LISTED = 6  # names listed in a mismatch message
 
 
 def save_model(model: ByteLM, path: str | Path, extra: dict | None = None,
@@ -83,35 +84,6 @@ def _first_line(msg: str) -> str:
     return line[:160]
 
 
-def _listed(names) -> str:
-    names = sorted(names)
-    more = f" (+{len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
-    return ", ".join(names[:MAX_LISTED]) + more
-
-
-def check_state_dict(model: ByteLM, state: dict, where: str) -> dict:
-    """Keys, shapes and finiteness of `state` against `model`; returns it as fp32 tensors."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EdgelmError(f"{where}: 'state_dict' is not a dict of tensors; re-save the model")
-    expected = model.state_dict()
-    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-    if missing or unexpected:
-        parts = ([f"missing {_listed(missing)}"] if missing else []) + \
-                ([f"unexpected {_listed(unexpected)}"] if unexpected else [])
-        raise EdgelmError(f"{where}: weights do not match the {model.arch} config "
-                          f"({'; '.join(parts)}); re-save with edgelm.checkpoint.save_model")
-    bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-           for k, v in expected.items() if state[k].shape != v.shape]
-    if bad:
-        raise EdgelmError(f"{where}: config {model.config_dict()} does not match the tensors "
-                          f"(file vs expected: {_listed(bad)}); fix 'config' or re-save the model")
-    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if nonfinite:
-        raise EdgelmError(f"{where}: NaN/Inf weights in {_listed(nonfinite)}; the model diverged "
-                          "in training: retrain (e.g. with a lower --lr)")
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-
-
 def model_from_payload(payload: dict, where: str) -> ByteLM:
     """Validate an edgelm payload dict and build the fp32 eval-mode model it describes."""
     version = payload.get("version")
@@ -143,8 +115,6 @@ def load_checkpoint(path: str | Path) -> tuple[ByteLM, dict]:
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         meta = {k: v for k, v in payload.items() if k != "state_dict"}
         return model_from_payload(payload, str(path)), {**meta, "source": "edgelm"}
-    from .charrnn import from_charrnn
-
     model = from_charrnn(payload, str(path))
     return model.eval(), {"arch": model.arch, "config": model.config_dict(), "source": "char-rnn state_dict"}
 

@@ -68,7 +68,7 @@ def eval_cmd(model: Path, data: Path = typer.Option(..., help="Held-out text fil
 @app.command()
 def info(model: Path, as_json: bool = typer.Option(False, "--json")) -> None:
     """Architecture, parameter count, weight bytes per precision and state bytes per stream."""
-    from .evaluate import model_info, format_info
+    from .info import format_info, model_info
 
     res = model_info(model)
     _emit(res, as_json, format_info(res))

@@ -1,4 +1,4 @@
-"""Evaluation (bits per byte, streamed) and model facts for `edgelm eval` / `edgelm info`.
+"""Evaluation (bits per byte, streamed) for `edgelm eval`; model facts live in info.py.
 
 Bits per byte (BPB) is the mean next-byte cross-entropy in bits over every byte of the text.
 The first byte is predicted from the model's zero initial state after feeding one priming byte,
@@ -70,47 +70,3 @@ def evaluate_file(model_path: str | Path, data_path: str | Path) -> dict:
     if meter.count == 0:
         raise EdgelmError(f"data file {data_path} is empty; pass a file with some text")
     return {"bits_per_byte": meter.bits_per_byte(), "bytes": meter.count}
-
-
-def weight_bytes(model: ByteLM) -> dict:
-    """Bytes of weights per precision. int8 = 1 byte per value + one fp32 scale per row."""
-    params = model.num_params()
-    rows = sum(p.shape[0] if p.dim() >= 2 else 1 for p in model.parameters())
-    return {"fp32": 4 * params, "fp16": 2 * params, "int8": params + 4 * rows}
-
-
-def model_info(path: str | Path) -> dict:
-    """Architecture, config, parameter count, weight bytes and per-stream state of a checkpoint."""
-    from .checkpoint import load_checkpoint
-
-    model, meta = load_checkpoint(path)
-    info = {"arch": model.arch, "config": model.config_dict(), "params": model.num_params(),
-            "weight_bytes": weight_bytes(model),
-            "state_bytes_per_stream": model.state_bytes_per_stream(4),
-            "state": [{"name": n, "shape": list(s)} for n, s in model.state_spec()],
-            "source": meta.get("source", "edgelm")}
-    if "train" in meta:
-        info["train"] = {k: meta["train"][k] for k in ("steps", "seed", "val_bpb") if k in meta["train"]}
-    return info
-
-
-def _kb(n: int) -> str:
-    return f"{n / 1024:,.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:,.2f} MiB"
-
-
-def format_info(info: dict) -> str:
-    """Human-readable `edgelm info`."""
-    cfg = ", ".join(f"{k}={v}" for k, v in info["config"].items())
-    wb = info["weight_bytes"]
-    lines = [f"arch        {info['arch']}  ({cfg})",
-             f"params      {info['params']:,}",
-             f"weights     fp32 {_kb(wb['fp32'])}  fp16 {_kb(wb['fp16'])}  int8 ~{_kb(wb['int8'])}",
-             f"state       {info['state_bytes_per_stream']:,} bytes/stream (fp32): "
-             + ", ".join(f"{s['name']}{tuple(s['shape'])}" for s in info["state"])]
-    if "train" in info and "val_bpb" in info["train"]:
-        t = info["train"]
-        lines.append(f"trained     {t.get('steps')} steps, seed {t.get('seed')}, "
-                     f"held-out {t['val_bpb']:.3f} bits/byte")
-    if info.get("source") != "edgelm":
-        lines.append(f"source      {info['source']}")
-    return "\n".join(lines)
