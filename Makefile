@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[export,test]'
+	$(PY) -m pip install -q -e '.[export,sign,test]'
 	$(PY) -m pip install -q --no-deps tensorrt-stubs
 	touch $@
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4")
+from ..precision import NAMES as PRECISIONS  # the precision rules' one owner
+from ..precision import exported
+
 FAMILIES = ("jetson", "gpu", "cpu")
 
 
@@ -70,8 +72,8 @@ def check_profile(p: DeviceProfile) -> list[str]:
         problems.append("app_memory_fraction must be in (0, 1]")
     if not set(p.precisions) <= set(PRECISIONS) or p.default_precision not in p.precisions:
         problems.append(f"precisions {p.precisions} / default {p.default_precision} invalid")
-    if p.default_precision not in ("fp32", "fp16"):
-        problems.append("default_precision must be fp32 or fp16")
+    if p.default_precision not in exported():
+        problems.append(f"default_precision must be one edgelm exports: {', '.join(exported())}")
     if not 0 <= p.builder_optimization_level <= 5 or p.default_max_streams < 1:
         problems.append("builder_optimization_level must be 0-5 and default_max_streams >= 1")
     if p.memory_gib <= 0 or p.memory_bandwidth_gbs <= 0 or not p.sources:

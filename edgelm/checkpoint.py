@@ -122,3 +122,19 @@ def load_checkpoint(path: str | Path) -> tuple[ByteLM, dict]:
 def load_model(path: str | Path) -> ByteLM:
     """Load an edgelm checkpoint (or a classic char-RNN state_dict) as an fp32 model in eval mode."""
     return load_checkpoint(path)[0]
+
+
+def model_from_bytes(data: bytes, where: str) -> ByteLM:
+    """An edgelm checkpoint held in memory (e.g. a bundle's verified model.pt), weights only."""
+    import io
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise EdgelmError(f"{where} is not a readable edgelm checkpoint ({_first_line(str(exc))}); "
+                          "re-export the bundle") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise EdgelmError(f"{where} is not an edgelm checkpoint; re-export the bundle")
+    return model_from_payload(payload, where)

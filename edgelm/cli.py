@@ -35,7 +35,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                         help="Print the version and exit.")) -> None:
-    """edgelm: train, quantize, export, build, run and profile byte-level recurrent LMs."""
+    """edgelm: train, evaluate, export, sign, build and run byte-level recurrent LMs."""
 
 
 @app.command()
@@ -78,22 +78,42 @@ def info(model: Path, as_json: bool = typer.Option(False, "--json")) -> None:
 def export(model: Path, target: str = typer.Option("cpu", help="Device profile or family (see `edgelm devices`)."),
            precision: Optional[str] = typer.Option(None, help="fp32 or fp16 (default: the target's)."),
            output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write."),
-           force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory.")) -> None:
+           force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+           with_reference: bool = typer.Option(False, "--with-reference",
+                                               help="Also store model.pt for the torch reference backend.")) -> None:
     """Export ONNX step + prefill graphs into a validated deployment bundle for a target."""
     from .export import export_bundle
 
-    manifest = export_bundle(model, target, precision, output, force=force)
-    typer.echo(f"wrote {output} for {manifest['target']['name']} ({manifest['precision']}); "
-               f"parity ok, max |dlogit| {manifest['validation']['max_abs_logit_diff']:.2e}")
+    m = export_bundle(model, target, precision, output, force=force, with_reference=with_reference)
+    typer.echo(f"wrote {output} for {m.target['name']} ({m.precision}); bundle {m.bundle_id[:12]}, "
+               f"parity ok, max |dlogit| {m.validation['max_abs_logit_diff']:.2e}")
 
 
 @app.command()
 def build(bundle: Path) -> None:
-    """Build a TensorRT engine for a bundle on the machine that will run it."""
+    """Build the TensorRT engines for a bundle on the machine that will run it."""
     from .export.trt_build import build_engine
 
-    res = build_engine(bundle)
-    typer.echo(f"wrote {res['engine']}: {res['engine_bytes']:,} bytes")
+    for art in build_engine(bundle):
+        typer.echo(f"wrote {bundle / art.file}: {art.bytes:,} bytes ({art.graph} graph)")
+
+
+@app.command()
+def keygen(output: Path = typer.Option(..., "-o", "--output", help="Private key file; KEY.pub is written beside it."),
+           force: bool = typer.Option(False, "--force", help="Replace existing key files.")) -> None:
+    """Write an Ed25519 key pair for signing bundles: KEY (private, 0600) and KEY.pub."""
+    from .runtime.signing import keygen as make_keys
+
+    key, pub = make_keys(output, force)
+    typer.echo(f"wrote {key} (keep it secret) and {pub} (give it to devices: --trusted-key {pub})")
+
+
+@app.command()
+def sign(bundle: Path, key: Path = typer.Option(..., "--key", help="Private key from `edgelm keygen`.")) -> None:
+    """Sign a bundle: BUNDLE/signature.ed25519 over its bundle_id, which covers every file."""
+    from .runtime.bundle import sign_bundle
+
+    typer.echo(f"wrote {sign_bundle(bundle, key)}")
 
 
 @devices_app.callback()
@@ -124,13 +144,15 @@ def run(bundle: Path,
         temperature: float = typer.Option(1.0), top_k: int = typer.Option(0), top_p: float = typer.Option(1.0),
         seed: Optional[int] = typer.Option(None), backend: str = typer.Option("auto"),
         streams: int = typer.Option(1, help="Generate this many streams in one batch."),
-        as_json: bool = typer.Option(False, "--json", help="JSON lines with per-byte timing.")) -> None:
+        as_json: bool = typer.Option(False, "--json", help="JSON lines with per-byte timing."),
+        trusted_key: List[Path] = typer.Option([], "--trusted-key",
+                                               help="Public key (repeatable): refuse a bundle none of them signed.")) -> None:
     """Stream generated text from a bundle to stdout."""
     from .runtime.cli_run import RunOptions, run_bundle
 
     opts = RunOptions(prompt=prompt, prompt_file=prompt_file, max_bytes=max_bytes,
                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                      backend=backend, streams=streams, as_json=as_json)
+                      backend=backend, streams=streams, as_json=as_json, trusted_keys=tuple(trusted_key))
     run_bundle(bundle, opts)
 
 

@@ -1,8 +1,9 @@
 """The compiler side: checkpoint -> loop-free ONNX step/prefill graphs -> validated bundle.
 
-    export_bundle(model_path, target, precision, out_dir, force=False) -> manifest dict
+    export_bundle(model_path, target, precision, out_dir, force=False) -> verified Manifest
     check_tensorrt_compat(onnx_model, profile) -> list of problems (empty: builds)
-    fuse(model, dtype) -> the few-node single-step module the graphs are exported from
+    fused.fuse(model, dtype) -> the few-node single-step module the graphs are exported from
+                                   (export/fused/, one file per architecture)
 
 Imports torch and onnx lazily through the submodules: `import edgelm.export` stays cheap.
 """

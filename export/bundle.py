@@ -1,38 +1,36 @@
 """`edgelm export`: checkpoint -> validated deployment bundle (docs/bundle-format.md).
 
-    profile   = get_profile(target)             precision defaults to the target's
+    profile   = get_profile(target)             precision: the target's rule (edgelm.precision)
     checks    output dir, precision, memory budget (before any work)
-    tmp dir   step.onnx, prefill.onnx -> TensorRT op check -> ORT parity -> model.pt,
-              build_engine.sh, manifest.json (sha256 of every file)
+    tmp dir   step.onnx, prefill.onnx -> TensorRT op check -> weights.bin (stored once) -> ORT
+              parity -> [model.pt] -> build_engine.sh -> manifest.json (runtime/manifest.py)
     swap      atomic_dir renames the finished directory into place; load_bundle verifies it
 Nothing is written at the destination unless every check passed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from .. import precision as precisions
 from ..devices import get_profile
 from ..errors import EdgelmError
-from ..vocab import VOCAB
 from ..fileio import atomic_dir, atomic_write_text
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, load_bundle, sha256_file, state_io
+from ..runtime import manifest as fmt
+from ..runtime.bundle import load_bundle, sha256_file
+from ..runtime.manifest import GraphSpec, Manifest, StateTensor, TensorSpec, graph_io, state_io
+from .onnx_export import DEFAULT_CHUNK, OPSET
 from .trt_ops import check_tensorrt_compat, target_opset
 
 if TYPE_CHECKING:  # torch and onnx load only once the cheap checks passed: bad input fails fast
     from ..models import ByteLM
+    from ..precision import Precision
 
-OPSET = 17
-DEFAULT_CHUNK = 32
-EXPORT_PRECISIONS = ("fp32", "fp16")
 MIB = 1 << 20
-BYTES = {"fp32": 4, "fp16": 2}
 ACT_FACTOR = 16  # live activation tensors per position (gates, norms, MLP), a rough upper bound
 
 
@@ -46,24 +44,12 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise EdgelmError(f"cannot write to {parent}: permission denied; choose another --output")
 
 
-def resolve_precision(profile, precision: str | None) -> str:
-    precision = precision or profile.default_precision
-    if not profile.supports(precision):
-        raise EdgelmError(f"target {profile.name} does not support {precision} (it supports "
-                          f"{', '.join(profile.precisions)}); pass --precision "
-                          f"{profile.default_precision} or pick another --target")
-    if precision not in EXPORT_PRECISIONS:
-        raise EdgelmError(f"edgelm export writes {' or '.join(EXPORT_PRECISIONS)} graphs, not {precision}; "
-                          f"pass --precision {'fp16' if profile.supports('fp16') else 'fp32'}")
-    return precision
-
-
-def memory_estimate(model: ByteLM, precision: str, max_streams: int, chunk: int) -> dict:
+def memory_estimate(model: ByteLM, precision: Precision, max_streams: int, chunk: int) -> dict:
     """Rough run-time bytes: weights, ping-pong state for every stream, prefill activations."""
-    weights = model.num_params() * BYTES[precision]
+    weights = precision.weight_bytes(model.num_params())
     state = 2 * model.state_bytes_per_stream() * max_streams  # in + out buffers, fp32
     widest = max(max(p.shape) for p in model.parameters())
-    act = max_streams * chunk * widest * ACT_FACTOR * BYTES[precision]
+    act = precision.weight_bytes(max_streams * chunk * widest * ACT_FACTOR)
     return {"weights_bytes": weights, "state_bytes": state, "activation_bytes": act,
             "total_bytes": weights + state + act}
 
@@ -79,28 +65,31 @@ def check_memory(est: dict, profile, max_streams: int) -> None:
             f"for the app: over by {over:.1f} MiB; use a smaller model or fp16")
 
 
-def _graph(path: Path, chunk: int | None, profile) -> dict:
-    """The manifest's entry for one graph, after the TensorRT compatibility check."""
+def _graph(path: Path, chunk: int | None, profile, state: tuple[StateTensor, ...]) -> GraphSpec:
+    """The manifest's entry for one graph, after the TensorRT and interface checks."""
     import onnx
 
     from .onnx_export import io_spec
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
     problems = check_tensorrt_compat(model, profile)
     if problems:
         raise EdgelmError(f"{path.name} will not build with TensorRT on {profile.name}: {problems[0]}"
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
-    return {"file": path.name, **({"chunk": chunk} if chunk else {}), "nodes": len(model.graph.node),
-            **io_spec(model)}
+    spec = io_spec(model)
+    inputs, outputs = ([TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in spec[k]]
+                       for k in ("inputs", "outputs"))
+    if (tuple(inputs), tuple(outputs)) != graph_io(state, chunk):  # the exporter's own contract
+        raise RuntimeError(f"{path.name} was exported with an unexpected interface: {spec}")
+    return GraphSpec(path.name, len(model.graph.node), tuple(inputs), tuple(outputs), chunk, (fmt.WEIGHTS,))
 
 
-def _state(model: ByteLM) -> list[dict]:
-    return [{"name": n, "input": state_io(n)[0], "output": state_io(n)[1], "shape": list(shape),
-             "dtype": "float32"} for n, shape in model.state_spec()]
+def _state(model: ByteLM) -> tuple[StateTensor, ...]:
+    return tuple(StateTensor(n, *state_io(n), tuple(shape)) for n, shape in model.state_spec())
 
 
-def _build_script(manifest: dict, profile) -> str:
-    """trtexec command for TensorRT targets; for CPU targets a script that says there is none."""
+def _build_script(manifest: Manifest, profile) -> str:
+    """trtexec commands for TensorRT targets; for CPU targets a script that says there is none."""
     if not profile.tensorrt_versions:
         return ("#!/usr/bin/env bash\n# Written by edgelm export.\n"
                 f"echo 'error: target {profile.name} has no TensorRT: this bundle runs with ONNX Runtime "
@@ -110,52 +99,64 @@ def _build_script(manifest: dict, profile) -> str:
     return build_engine_script(manifest, profile)
 
 
-def _write_bundle(tmp: Path, model: ByteLM, profile, precision: str, chunk: int, est: dict) -> dict:
-    from ..checkpoint import save_model
+def _graphs(tmp: Path, model: ByteLM, profile, precision: Precision, chunk: int, opset: int) -> tuple[dict, dict]:
+    """Write, check and validate step.onnx + prefill.onnx sharing weights.bin: (graphs, validation)."""
+    from .graph_passes import share_weights
     from .onnx_export import export_prefill, export_step
     from .validate import validate
 
-    opset = target_opset(profile, OPSET)
-    export_step(model, tmp / "step.onnx", precision, opset)
-    export_prefill(model, tmp / "prefill.onnx", precision, chunk, opset)
-    graphs = {"step": _graph(tmp / "step.onnx", None, profile),
-              "prefill": _graph(tmp / "prefill.onnx", chunk, profile)}
-    validation = validate(model, tmp / "step.onnx", tmp / "prefill.onnx", precision, chunk)
+    step, prefill = tmp / fmt.STEP_GRAPH, tmp / fmt.PREFILL_GRAPH
+    export_step(model, step, precision.name, opset)
+    export_prefill(model, prefill, precision.name, chunk, opset)
+    state = _state(model)
+    graphs = {"step": _graph(step, None, profile, state), "prefill": _graph(prefill, chunk, profile, state)}
+    share_weights([step, prefill], tmp / fmt.WEIGHTS)
+    validation = validate(model, step, prefill, precision, chunk)
     validation["tensorrt_ops"] = "ok" if profile.tensorrt_versions else "n/a (no TensorRT on this target)"
-    save_model(model, tmp / "model.pt")
-    graph_ids = sha256_file(tmp / "step.onnx") + sha256_file(tmp / "prefill.onnx")
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "edgelm_version": __version__,
-        "bundle_id": hashlib.sha256(graph_ids.encode("ascii")).hexdigest(),
-        "arch": model.arch, "config": model.config_dict(), "params": model.num_params(), "vocab": VOCAB,
-        "precision": precision, "opset": opset, "max_streams": profile.default_max_streams,
-        "target": profile.to_dict(), "state": _state(model), "graphs": graphs,
-        "validation": validation, "memory": est}
-    atomic_write_text(tmp / "build_engine.sh", _build_script(manifest, profile))
-    os.chmod(tmp / "build_engine.sh", 0o755)
-    manifest["files"] = {f: sha256_file(tmp / f) for f in ("step.onnx", "prefill.onnx", "build_engine.sh", "model.pt")}
-    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return graphs, validation
+
+
+def _write_bundle(tmp: Path, model: ByteLM, profile, precision: Precision, chunk: int, est: dict,
+                  with_reference: bool) -> Manifest:
+    opset = target_opset(profile, OPSET)
+    graphs, validation = _graphs(tmp, model, profile, precision, chunk, opset)
+    if with_reference:
+        from ..checkpoint import save_model
+
+        save_model(model, tmp / fmt.REFERENCE)
+    manifest = Manifest(
+        arch=model.arch, config=model.config_dict(), params=model.num_params(), precision=precision.name,
+        opset=opset, max_streams=profile.default_max_streams,
+        target=profile.to_dict(), state=_state(model), graphs=graphs, files={}, validation=validation,
+        memory=est, edgelm_version=__version__)
+    atomic_write_text(tmp / fmt.BUILD_SCRIPT, _build_script(manifest, profile))
+    names = [fmt.STEP_GRAPH, fmt.PREFILL_GRAPH, fmt.WEIGHTS, fmt.BUILD_SCRIPT]
+    names += [fmt.REFERENCE] if with_reference else []
+    manifest = fmt.write(tmp, dataclasses.replace(manifest, files={f: sha256_file(tmp / f) for f in names}))
     os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be copied and shared
-    for f in (*manifest["files"], MANIFEST):
-        os.chmod(tmp / f, 0o755 if f.endswith(".sh") else 0o644)
+    for f in (*manifest.files, fmt.MANIFEST):
+        os.chmod(tmp / f, 0o755 if f == fmt.BUILD_SCRIPT else 0o644)
     return manifest
 
 
 def export_bundle(model_path: str | Path, target: str = "cpu", precision: str | None = None,
-                  out_dir: str | Path = "bundle", force: bool = False, chunk: int = DEFAULT_CHUNK) -> dict:
-    """Export a checkpoint into a verified bundle directory for a target; returns the manifest."""
+                  out_dir: str | Path = "bundle", force: bool = False, chunk: int = DEFAULT_CHUNK,
+                  with_reference: bool = False) -> Manifest:
+    """Export a checkpoint into a verified bundle directory for a target; returns its manifest.
+
+    with_reference also stores the fp32 checkpoint (model.pt) for the torch reference backend.
+    """
     out = Path(out_dir)
     profile = get_profile(target)
-    precision = resolve_precision(profile, precision)
-    if not 1 <= chunk <= 256:
-        raise EdgelmError(f"prefill chunk must be 1..256 bytes, not {chunk}")
+    prec = precisions.for_target(profile, precision)
+    if not 1 <= chunk <= fmt.MAX_CHUNK:
+        raise EdgelmError(f"prefill chunk must be 1..{fmt.MAX_CHUNK} bytes, not {chunk}")
     check_output_dir(out, force)
     from ..checkpoint import load_model
 
     model = load_model(model_path)
-    est = memory_estimate(model, precision, profile.default_max_streams, chunk)
+    est = memory_estimate(model, prec, profile.default_max_streams, chunk)
     check_memory(est, profile, profile.default_max_streams)
     with atomic_dir(out) as tmp:
-        manifest = _write_bundle(tmp, model, profile, precision, chunk, est)
-    load_bundle(out)
-    return manifest
+        _write_bundle(tmp, model, profile, prec, chunk, est, with_reference)
+    return load_bundle(out).manifest

@@ -3,7 +3,7 @@
     step.onnx     byte_ids (B,) int64 + state_in.*  -> logits (B, 256) + state_out.*
     prefill.onnx  byte_ids (B, C) int64 + state_in.* -> logits (B, 256) of the last byte + state_out.*
 
-Both are loop-free: the step is the fused module of export/fuse.py, the prefill unrolls it over
+Both are loop-free: the step is the fused module of export/fused/, the prefill unrolls it over
 the chunk. `export_naive_step` exports the model's own `step` unchanged (for node-count and
 latency comparisons).
 """
@@ -18,14 +18,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .. import precision as precisions
+from ..errors import EdgelmError
 from ..models import ByteLM
-from ..runtime.bundle import state_io
-from .bundle import DEFAULT_CHUNK, OPSET
-from .fuse import FusedPrefill, fuse
+from ..runtime.manifest import state_io
+from .fused import FusedPrefill, fuse
+from .graph_passes import tidy
 from .validate import one_thread
 
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+OPSET = 17  # lowered per target to what its TensorRT parses (trt_ops.target_opset)
+DEFAULT_CHUNK = 32  # bytes per prefill call
 LOOP_OPS = ("LSTM", "GRU", "RNN", "Loop", "Scan", "If")
 
 
@@ -57,34 +59,12 @@ def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: in
     tidy(path)
 
 
-def tidy(path: Path) -> None:
-    """Constant nodes -> initializers and Identity-of-initializer nodes -> aliases, in place.
-
-    Neither runs as a kernel in ONNX Runtime or TensorRT, so they are noise in node counts.
-    """
-    import onnx
-
-    model = onnx.load(str(path))
-    g = model.graph
-    inits = {t.name for t in g.initializer}
-    outputs = {o.name for o in g.output}
-    alias: dict[str, str] = {}
-    keep = []
-    for node in g.node:
-        node.input[:] = [alias.get(i, i) for i in node.input]
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            t = onnx.TensorProto()
-            t.CopyFrom(node.attribute[0].t)
-            t.name = node.output[0]
-            g.initializer.append(t)
-            inits.add(t.name)
-        elif node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
-            alias[node.output[0]] = node.input[0]
-        else:
-            keep.append(node)
-    del g.node[:]
-    g.node.extend(keep)
-    onnx.save(model, str(path))
+def _compute_dtype(precision: str) -> torch.dtype:
+    """The torch dtype a precision's fused graph computes in (edgelm.precision owns the rule)."""
+    compute = precisions.get(precision).compute
+    if compute is None:
+        raise EdgelmError(f"edgelm does not export {precision} graphs yet; use {' or '.join(precisions.exported())}")
+    return getattr(torch, compute)
 
 
 def example_args(model: ByteLM, batch: int = 2, chunk: int | None = None) -> tuple:
@@ -93,12 +73,12 @@ def example_args(model: ByteLM, batch: int = 2, chunk: int | None = None) -> tup
 
 
 def export_step(model: ByteLM, path: str | Path, precision: str = "fp32", opset: int = OPSET) -> None:
-    _export(fuse(model, DTYPES[precision]), example_args(model), Path(path), model, opset)
+    _export(fuse(model, _compute_dtype(precision)), example_args(model), Path(path), model, opset)
 
 
 def export_prefill(model: ByteLM, path: str | Path, precision: str = "fp32",
                    chunk: int = DEFAULT_CHUNK, opset: int = OPSET) -> None:
-    module = FusedPrefill(fuse(model, DTYPES[precision]), chunk)
+    module = FusedPrefill(fuse(model, _compute_dtype(precision)), chunk)
     _export(module, example_args(model, chunk=chunk), Path(path), model, opset)
 
 
@@ -124,13 +104,6 @@ def io_spec(onnx_model) -> dict:
     g = onnx_model.graph
     return {"inputs": [{"name": v.name, "shape": _dims(v), "dtype": _dtype(v)} for v in g.input],
             "outputs": [{"name": v.name, "shape": _dims(v), "dtype": _dtype(v)} for v in g.output]}
-
-
-def op_counts(onnx_model) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in onnx_model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def loop_ops(onnx_model) -> list[str]:

@@ -1,9 +1,12 @@
 """Build a TensorRT engine for a bundle, on the device that will run it.
 
 No engine can be cross-built on x86 for a Jetson: engines are tied to the GPU architecture and the
-TensorRT version. So `edgelm export` writes ONNX plus `build_engine.sh` (the exact `trtexec` command,
-see `build_engine_script`), and on the device either that script or `edgelm build DIR`
-(`build_engine`, the TensorRT Python API) writes `engine.plan` into the bundle.
+TensorRT version. So `edgelm export` writes ONNX plus `build_engine.sh` (the exact `trtexec`
+commands, see `build_engine_script`), and on the device `edgelm build DIR` (`build_engine`, the
+TensorRT Python API) writes one engine per graph, `engine.plan` (step) and `engine.prefill.plan`
+(prefill), and records their sha256 in the manifest's `built` section, outside bundle_id: building
+changes neither the id nor a signature. edgelm's runtime uses only engines recorded there;
+build_engine.sh builds the same engines for apps that drive TensorRT themselves.
 
 Engines are built strongly typed: precision lives in the ONNX graph (fp16 casts, Q/DQ), and no
 FP16/INT8 builder flag is ever set. TensorRT 11 is strongly typed only; 10.x supports it via the
@@ -13,7 +16,6 @@ STRONGLY_TYPED network flag. Written against the 10.x/11.x Python API; type-chec
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -21,13 +23,16 @@ from typing import TYPE_CHECKING
 
 from ..devices import DeviceProfile, get_profile
 from ..errors import EdgelmError
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..precision import get as precision_of
+from ..fileio import atomic_write_bytes
+from ..runtime import manifest as fmt
+from ..runtime.manifest import Artifact, Manifest, TensorSpec
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-ENGINE_FILE = "engine.plan"
-TIMING_CACHE = "timing.cache"
+    from ..runtime.bundle import Bundle
+
 JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
 MIB = 1 << 20
 MIN_WORKSPACE, MAX_WORKSPACE = 256 * MIB, 4096 * MIB
@@ -38,20 +43,11 @@ Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 # ---------------------------------------------------------------- pure helpers (tested anywhere)
 
-def profile_shapes(inputs: list[dict], max_streams: int) -> Shapes:
+def profile_shapes(inputs: tuple[TensorSpec, ...], max_streams: int) -> Shapes:
     """(min, opt, max) shape of every graph input: batch 1 / min(8, max_streams) / max_streams."""
-    if int(max_streams) < 1:
-        raise EdgelmError(f"max_streams must be >= 1 (manifest says {max_streams}); re-export the bundle")
-    batches = (1, min(OPT_STREAMS, int(max_streams)), int(max_streams))
-    shapes: Shapes = {}
-    for spec in inputs:
-        dims = spec["shape"]
-        other = [d for d in dims if isinstance(d, str) and d != "batch"]
-        if other:
-            raise EdgelmError(f"input {spec['name']} has dynamic dims {other}; only 'batch' may be dynamic")
-        mn, opt, mx = (tuple(b if d == "batch" else int(d) for d in dims) for b in batches)
-        shapes[spec["name"]] = (mn, opt, mx)
-    return shapes
+    batches = (1, min(OPT_STREAMS, max_streams), max_streams)
+    return {t.name: tuple(tuple(b if d == "batch" else int(d) for d in t.shape) for b in batches)  # type: ignore[misc]
+            for t in inputs}
 
 
 def workspace_bytes(profile: DeviceProfile) -> int:
@@ -77,30 +73,31 @@ def _shape_arg(shapes: Shapes, which: int) -> str:
     return ",".join(f"{name}:{'x'.join(str(d) for d in dims[which])}" for name, dims in shapes.items())
 
 
-def trtexec_args(manifest: dict, profile: DeviceProfile) -> list[str]:
-    """The trtexec arguments that build engine.plan for the target (run in the bundle directory)."""
+def trtexec_args(manifest: Manifest, profile: DeviceProfile, graph: str = "step") -> list[str]:
+    """The trtexec arguments that build `graph`'s engine for the target (run in the bundle directory)."""
     trt_version = _oldest_tensorrt(profile)
-    step = manifest["graphs"]["step"]
-    shapes = profile_shapes(step["inputs"], manifest["max_streams"])
-    args = [f"--onnx={step['file']}", f"--saveEngine={ENGINE_FILE}"]
+    spec = manifest.graphs[graph]
+    shapes = profile_shapes(spec.inputs, manifest.max_streams)
+    args = [f"--onnx={spec.file}", f"--saveEngine={fmt.ENGINES[graph]}"]
+    flag = precision_of(manifest.precision).trt8_flag
     if trt_version >= (10, 0):
         args.append("--stronglyTyped")
-    elif manifest["precision"] == "fp16":  # TensorRT 8.x: weakly typed, precision by flag
-        args.append("--fp16")
+    elif flag:  # TensorRT 8.x: weakly typed, precision by flag
+        args.append(flag)
     args += [f"--{kind}Shapes={_shape_arg(shapes, i)}" for i, kind in enumerate(("min", "opt", "max"))]
     mib = workspace_bytes(profile) // MIB
     args.append(f"--memPoolSize=workspace:{mib}M" if trt_version >= (8, 4) else f"--workspace={mib}")
-    args.append(f"--timingCacheFile={TIMING_CACHE}")
+    args.append(f"--timingCacheFile={fmt.TIMING_CACHE}")
     if trt_version >= (8, 6):
         args.append(f"--builderOptimizationLevel={profile.builder_optimization_level}")
     return args
 
 
 _SCRIPT_HEAD = """#!/usr/bin/env bash
-# Build {engine} for {target} (TensorRT {versions}) on the device itself: engines are tied to the
-# GPU and the TensorRT version, so they cannot be built elsewhere. Written by edgelm export.
-# Where the TensorRT Python bindings and edgelm are installed, `edgelm build DIR` does the same and
-# also records the engine in manifest.json. Extra arguments are passed on to trtexec.
+# Build {engines} for {target} (TensorRT {versions}) on the device itself: engines are tied to
+# the GPU and the TensorRT version, so they cannot be built elsewhere. Written by edgelm export.
+# For apps that drive TensorRT themselves. edgelm's runtime uses the engines `edgelm build DIR`
+# builds and records in manifest.json. Extra arguments are passed on to trtexec.
 set -euo pipefail
 cd "$(dirname "$0")"
 TRTEXEC="${{TRTEXEC:-}}"
@@ -113,22 +110,18 @@ fi
 """
 
 
-def build_engine_script(manifest: dict, profile: DeviceProfile) -> str:
-    """Text of build_engine.sh: the exact trtexec command for the target (bash, set -euo pipefail)."""
-    head = _SCRIPT_HEAD.format(engine=ENGINE_FILE, target=profile.name, jetson=JETSON_TRTEXEC,
-                               versions=" or ".join(profile.tensorrt_versions) or "none")
-    lines = [f"  {shlex.quote(a)} \\" for a in trtexec_args(manifest, profile)]
-    return head + '"$TRTEXEC" \\\n' + "\n".join(lines) + '\n  "$@"\n'
+def build_engine_script(manifest: Manifest, profile: DeviceProfile) -> str:
+    """Text of build_engine.sh: the exact trtexec commands for the target (bash, set -euo pipefail)."""
+    head = _SCRIPT_HEAD.format(engines=" and ".join(fmt.ENGINES[g] for g in fmt.GRAPHS), target=profile.name,
+                               jetson=JETSON_TRTEXEC, versions=" or ".join(profile.tensorrt_versions) or "none")
+    commands = []
+    for graph in fmt.GRAPHS:
+        lines = [f"  {shlex.quote(a)} \\" for a in trtexec_args(manifest, profile, graph)]
+        commands.append('"$TRTEXEC" \\\n' + "\n".join(lines) + '\n  "$@"\n')
+    return head + "".join(commands)
 
 
 # ---------------------------------------------------------------- building with the Python API
-
-def _read_manifest(bundle: Path) -> dict:
-    """The bundle's manifest, after verifying its format and every file's sha256."""
-    from ..runtime.bundle import load_bundle
-
-    return load_bundle(bundle).manifest
-
 
 def _tensorrt_available() -> bool:
     try:
@@ -138,12 +131,11 @@ def _tensorrt_available() -> bool:
     return hasattr(tensorrt, "Builder")  # tensorrt-stubs alone leaves an empty namespace package
 
 
-def _target_profile(manifest: dict) -> DeviceProfile:
-    target = manifest.get("target") or {}
+def _target_profile(manifest: Manifest) -> DeviceProfile:
     try:
-        profile = DeviceProfile.from_dict(target)
+        profile = DeviceProfile.from_dict(manifest.target)
     except (ValueError, TypeError):
-        profile = get_profile(str(target.get("name", "")))
+        profile = get_profile(str(manifest.target["name"]))
     _oldest_tensorrt(profile)  # refuses CPU targets
     return profile
 
@@ -181,14 +173,15 @@ def _network_flags() -> int:
     return 1 << int(strongly_typed) if strongly_typed is not None else 0
 
 
-def _network_from_onnx(builder: trt.Builder, logger: trt.ILogger,
+def _network_from_onnx(builder: trt.Builder, logger: trt.ILogger, onnx: bytes,
                        onnx_path: Path) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
-    """Parse the step graph; the parser is returned too because it owns the weights' memory."""
+    """Parse a graph from its verified bytes (its weights file is read beside `onnx_path`); the
+    parser is returned too because it owns the weights' memory."""
     import tensorrt as trt
 
     network = builder.create_network(_network_flags())
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse(onnx, str(onnx_path)):
         errors = []
         for i in range(parser.num_errors):
             err: trt.ParserError = parser.get_error(i)
@@ -214,7 +207,7 @@ def _add_profile(builder: trt.Builder, config: trt.IBuilderConfig, shapes: Shape
     for name, (mn, opt, mx) in shapes.items():
         opt_profile.set_shape(name, trt.Dims(list(mn)), trt.Dims(list(opt)), trt.Dims(list(mx)))
     if config.add_optimization_profile(opt_profile) < 0:
-        raise EdgelmError("TensorRT rejected the optimization profile (check the step graph's input names)")
+        raise EdgelmError("TensorRT rejected the optimization profile (check the graph's input names)")
 
 
 def _timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
@@ -229,20 +222,20 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
     atomic_write_bytes(path, bytes(config.get_timing_cache().serialize()))
 
 
-def _build_plan(bundle: Path, manifest: dict, profile: DeviceProfile, verbose: bool) -> bytes:
+def _build_plan(bundle: Bundle, graph: str, profile: DeviceProfile, verbose: bool) -> bytes:
     import tensorrt as trt
 
     logger, messages = _make_logger(verbose)
     builder = trt.Builder(logger)
-    step = manifest["graphs"]["step"]
-    network, _parser = _network_from_onnx(builder, logger, bundle / step["file"])
+    spec = bundle.manifest.graphs[graph]
+    network, _parser = _network_from_onnx(builder, logger, bundle.read(spec.file), bundle.path / spec.file)
     config = _builder_config(builder, profile)
-    _add_profile(builder, config, profile_shapes(step["inputs"], manifest["max_streams"]))
-    _timing_cache(config, bundle / TIMING_CACHE)
+    _add_profile(builder, config, profile_shapes(spec.inputs, bundle.max_streams))
+    _timing_cache(config, bundle.path / fmt.TIMING_CACHE)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EdgelmError(f"TensorRT could not build an engine for {bundle}: {_errors(messages)}")
-    _save_timing_cache(config, bundle / TIMING_CACHE)
+        raise EdgelmError(f"TensorRT could not build the {graph} engine for {bundle.path}: {_errors(messages)}")
+    _save_timing_cache(config, bundle.path / fmt.TIMING_CACHE)
     return bytes(plan)
 
 
@@ -265,35 +258,32 @@ def _engine_memory(plan: bytes) -> dict:
     return {"device_memory_bytes": memory, "weights_bytes": weights}
 
 
-def _record_engine(bundle: Path, manifest: dict, plan: bytes) -> dict:
-    """Add the engine section and its sha256 to manifest.json (atomically) and return the section."""
+def _artifact(bundle: Bundle, graph: str, plan: bytes) -> Artifact:
     import hashlib
 
     import tensorrt as trt
 
     from ..devices import detect
 
-    sha = hashlib.sha256(plan).hexdigest()
-    section = {"file": ENGINE_FILE, "sha256": sha, "bytes": len(plan), **_engine_memory(plan),
-               "tensorrt_version": trt.__version__, "built_on": detect().get("gpu_name", "unknown GPU")}
-    manifest["engine"] = section
-    manifest.setdefault("files", {})[ENGINE_FILE] = sha
-    atomic_write_text(bundle / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-    return section
+    info = {**_engine_memory(plan), "tensorrt_version": trt.__version__,
+            "built_on": detect().get("gpu_name", "unknown GPU")}
+    return Artifact(fmt.ENGINES[graph], hashlib.sha256(plan).hexdigest(), len(plan), "tensorrt-engine", graph,
+                    bundle.bundle_id, info)
 
 
-def build_engine(bundle_dir: str | Path, verbose: bool = False) -> dict:
-    """Build engine.plan for a bundle on this machine's GPU and record it in the manifest.
+def build_engine(bundle_dir: str | Path, verbose: bool = False) -> list[Artifact]:
+    """Build the step and prefill engines for a bundle on this machine's GPU and record them in
+    the manifest's `built` section (bundle_id and signatures unchanged). Returns the records."""
+    from ..runtime.bundle import load_bundle
 
-    Returns {"engine": path, "engine_bytes": n, ...the manifest's engine section}.
-    """
-    bundle = Path(bundle_dir)
-    manifest = _read_manifest(bundle)
+    bundle = load_bundle(bundle_dir)
     if not _tensorrt_available():
-        raise EdgelmError(f"TensorRT is not installed here; copy {bundle} to the device and run "
-                          f"build_engine.sh or `edgelm build {bundle}` there")
-    profile = _target_profile(manifest)
-    plan = _build_plan(bundle, manifest, profile, verbose)
-    atomic_write_bytes(bundle / ENGINE_FILE, plan)
-    section = _record_engine(bundle, manifest, plan)
-    return {"engine": str(bundle / ENGINE_FILE), "engine_bytes": len(plan), **section}
+        raise EdgelmError(f"TensorRT is not installed here; copy {bundle_dir} to the device and run "
+                          f"`edgelm build {bundle_dir}` there")
+    profile = _target_profile(bundle.manifest)
+    plans = {graph: _build_plan(bundle, graph, profile, verbose) for graph in fmt.GRAPHS}
+    artifacts = [_artifact(bundle, graph, plan) for graph, plan in plans.items()]
+    for art in artifacts:
+        atomic_write_bytes(bundle.path / art.file, plans[art.graph])
+    fmt.write(bundle.path, bundle.manifest.with_built(artifacts))
+    return artifacts

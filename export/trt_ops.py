@@ -12,9 +12,10 @@ import functools
 import tomllib
 from importlib import resources
 
+from .. import precision as precisions
+
 TYPE_NAMES = {1: "FP32", 10: "FP16", 16: "BF16", 3: "INT8", 2: "UINT8", 6: "INT32", 7: "INT64", 9: "BOOL",
               17: "FP8", 18: "FP8", 19: "FP8", 20: "FP8", 22: "INT4", 21: "INT4", 23: "FP4"}
-PRECISION_OF = {"FP16": "fp16", "BF16": "bf16", "INT8": "int8", "FP8": "fp8", "INT4": "int4", "FP4": "fp4"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,7 +74,7 @@ def _op_problems(onnx_model, types: dict[str, str], trt_major: int) -> list[str]
 
 
 def _precision_problems(onnx_model, types: dict[str, str], profile) -> list[str]:
-    used = {PRECISION_OF[t] for t in types.values() if t in PRECISION_OF}
+    used = precisions.used_by(types.values())
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx_model.graph.node) and \
             not used & {"int8", "fp8", "int4", "fp4"}:
         used.add("int8")

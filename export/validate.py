@@ -16,17 +16,10 @@ import torch
 
 from ..errors import EdgelmError
 from ..models import ByteLM
-from ..runtime.bundle import state_io
+from ..precision import Precision
+from ..runtime.manifest import state_io
 
 STEPS = 256
-# Logit atol per precision. fp32: ORT vs eager differ by float rounding only (measured
-# 6e-8..1.5e-6 on the five tiny presets). fp16 (weights + compute in half, fp32 residual stream):
-# measured 5e-5 (lstm) .. 7e-4 (rglru) on random-init tiny models over 256 steps and 1.4e-3
-# (max |dstate| 1.9e-3) on the trained models/mamba-tiny.pt, so 5e-2 leaves ~35x headroom.
-# fp32: a trained RG-LRU reaches ~1.1e-4 over 256 steps (1 - a^2 near a = 1 amplifies
-# rounding in log a); 5e-4 still catches any real graph error, which shows up as O(1e-2) or more.
-ATOL = {"fp32": 5e-4, "fp16": 5e-2}
-STATE_ATOL_FACTOR = 10.0  # states (e.g. LSTM c) are unbounded sums: 10x the logit atol
 
 TEXT = (b"The quick brown fox jumps over the lazy dog. Edge devices run small recurrent "
         b"language models one byte at a time: the state is a fixed size, whatever the length "
@@ -108,22 +101,22 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-def validate(model: ByteLM, step_path: Path, prefill_path: Path, precision: str, chunk: int) -> dict:
+def validate(model: ByteLM, step_path: Path, prefill_path: Path, precision: Precision, chunk: int) -> dict:
     """Checker + parity; the manifest's `validation` section. Raises EdgelmError on a miss."""
     check_onnx(step_path)
     check_onnx(prefill_path)
-    atol = ATOL[precision]
+    atol, state_atol = precision.atol, precision.state_atol
     with one_thread():
         dl, ds, state = stream_parity(model, step_path)
         pl, ps = prefill_parity(model, prefill_path, chunk, state)
-    res = {"atol": atol, "state_atol": atol * STATE_ATOL_FACTOR, "steps": STEPS, "batch": 2,
+    res = {"atol": atol, "state_atol": state_atol, "steps": STEPS, "batch": 2,
            "max_abs_logit_diff": dl, "max_abs_state_diff": ds,
            "prefill_max_abs_diff": pl, "prefill_max_abs_state_diff": ps}
     bad = [f"{k} {res[k]:.2e}" for k, lim in (("max_abs_logit_diff", atol), ("prefill_max_abs_diff", atol),
-                                                ("max_abs_state_diff", atol * STATE_ATOL_FACTOR),
-                                                ("prefill_max_abs_state_diff", atol * STATE_ATOL_FACTOR))
+                                                ("max_abs_state_diff", state_atol),
+                                                ("prefill_max_abs_state_diff", state_atol))
            if not res[k] <= lim]
     if bad:
-        raise EdgelmError(f"{precision} ONNX graphs disagree with PyTorch ({', '.join(bad)}; atol {atol:.0e} "
-                          f"on logits, {atol * STATE_ATOL_FACTOR:.0e} on states): not writing the bundle")
+        raise EdgelmError(f"{precision.name} ONNX graphs disagree with PyTorch ({', '.join(bad)}; atol {atol:.0e} "
+                          f"on logits, {state_atol:.0e} on states): not writing the bundle")
     return res

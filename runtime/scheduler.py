@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .sampling import BatchSampler, Sampler, Sampling
+from .sampling import BatchSampler, Sampling
 from .stream import Generation, Stream
 
 
@@ -31,11 +31,11 @@ class Scheduler:
 
     def add(self, stream: Stream, max_bytes: int, sampling: Sampling | None = None, stop=()) -> Generation:
         """Join `stream` (already fed its prompt) to the batch for `max_bytes` more bytes."""
-        stream._check_open()
+        stream.check_open()
         if any(j.stream is stream for j in self.jobs):
             raise ValueError("stream is already scheduled")
         if sampling is not None:
-            stream.sampler = Sampler(sampling)
+            stream.set_sampling(sampling)
         job = Generation(stream, max_bytes, stop)
         if not job.done:
             self.jobs.append(job)

@@ -32,15 +32,19 @@ class Session:
         self.pool = [np.zeros((max_streams, *s.shape), np.float32) for s in bundle.state]
         self.logits_pool = np.zeros((max_streams, VOCAB), np.float32)
         self._free = list(range(max_streams - 1, -1, -1))
+        self._fed = np.zeros(max_streams, np.int64)  # bytes each slot consumed since its initial state
         self._initial = self._primed_state()
         self._resident: tuple[int, ...] | None = None
         self._resident_idx = np.zeros(0, np.int64)
 
     @classmethod
     def open(cls, bundle_dir: str | Path, backend: str = "auto", device: str | None = None,
-             max_streams: int | None = None, verify: bool = True) -> "Session":
-        """Verify the bundle (sha256 of every file) and start `backend` on `device`."""
-        bundle = load_bundle(bundle_dir, verify=verify)
+             max_streams: int | None = None, trusted_keys=None) -> "Session":
+        """Verify the bundle (every file's sha256 and the manifest's bundle_id; with trusted_keys,
+        a list of Ed25519 public keys (PEM paths or bytes), also its signature) and start
+        `backend` on `device`. ONNX Runtime may open more streams than the bundle's max_streams;
+        an engine backend may not (its engines are built for that batch)."""
+        bundle = load_bundle(bundle_dir, trusted_keys)
         n = bundle.max_streams if max_streams is None else int(max_streams)
         if n < 1:
             raise EdgelmError(f"max_streams must be >= 1, got {n}")
@@ -87,6 +91,10 @@ class Session:
 
         return Scheduler(self)
 
+    def describe(self) -> str:
+        """The backend actually running, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"."""
+        return self.backend.describe()
+
     def close(self) -> None:
         self.backend.close()
 
@@ -111,22 +119,28 @@ class Session:
         self.write_slot(slot, None, None)
         return slot
 
-    def _release(self, slot: int) -> None:
+    def release(self, slot: int) -> None:
+        """Give a closed stream's slot back."""
         self.flush()
         self._free.append(slot)
+
+    def fed(self, slot: int) -> int:
+        """Bytes slot `slot` consumed since its initial state (prompt, generated, restored)."""
+        return int(self._fed[slot])
 
     def read_slot(self, slot: int) -> tuple[list[np.ndarray], np.ndarray]:
         """Copies of a slot's state tensors (1, *shape) and logits (256,)."""
         self.flush()
         return [p[slot:slot + 1].copy() for p in self.pool], self.logits_pool[slot].copy()
 
-    def write_slot(self, slot: int, states, logits) -> None:
-        """Set a slot's state and logits (None: a fresh stream's, see PRIME_BYTE)."""
+    def write_slot(self, slot: int, states, logits, fed: int = 0) -> None:
+        """Set a slot's state, logits and byte count (None: a fresh stream's, see PRIME_BYTE)."""
         self.flush()
         init_states, init_logits = self._initial
         for i, p in enumerate(self.pool):
             p[slot] = (init_states if states is None else states)[i].reshape(p.shape[1:])
         self.logits_pool[slot] = init_logits if logits is None else logits
+        self._fed[slot] = fed
 
     # -- running -----------------------------------------------------------------------
     def flush(self) -> None:
@@ -153,6 +167,7 @@ class Session:
             raise ValueError(f"{graph} byte ids of shape {byte_ids.shape} for {len(slots)} streams")
         logits = self.backend.run_resident(graph, byte_ids)
         self.logits_pool[self._resident_idx] = logits
+        self._fed[self._resident_idx] += byte_ids.shape[1] if byte_ids.ndim == 2 else 1
         return logits
 
     def step_one(self, slots: tuple[int], byte: int) -> np.ndarray:
@@ -160,6 +175,8 @@ class Session:
         generation hot path: returns the slot's (256,) logits row in the pool."""
         if slots != self._resident:
             self._gather(slots)
-        row = self.logits_pool[slots[0]]
+        slot = slots[0]
+        row = self.logits_pool[slot]
         row[:] = self.backend.step_one(byte)
+        self._fed[slot] += 1
         return row

@@ -36,7 +36,7 @@ def export_tiny(arch: str, base: Path, seed: int = 0, tag: str = "") -> Path:
     model = build_model(arch, preset="tiny")
     model_path = base / f"{key}.pt"
     save_model(model, model_path)
-    export_bundle(model_path, "cpu", None, base / key)
+    export_bundle(model_path, "cpu", None, base / key, with_reference=True)  # model.pt: torch backend
     _CACHE[key] = base / key
     return _CACHE[key]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,9 +17,10 @@ import torch
 from edgelm.checkpoint import save_model
 from edgelm.errors import EdgelmError
 from edgelm.export import bundle as bundle_mod
-from edgelm.export import export_bundle, validate
+from edgelm import precision
+from edgelm.export import export_bundle
 from edgelm.models import build_model
-from edgelm.runtime.bundle import load_bundle, sha256_file
+from edgelm.runtime.bundle import load_bundle
 
 EDGELM = str(Path(sys.executable).parent / "edgelm")
 
@@ -34,7 +37,7 @@ def ckpt(tmp_path_factory):
 def made(ckpt, tmp_path_factory):
     """One bundle at the default chunk (32), via the CLI; copied by the tamper tests."""
     out = tmp_path_factory.mktemp("made") / "b"
-    res = subprocess.run([EDGELM, "export", str(ckpt), "--target", "cpu", "-o", str(out)],
+    res = subprocess.run([EDGELM, "export", str(ckpt), "--target", "cpu", "-o", str(out), "--with-reference"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "wrote" in res.stdout and "cpu-x86" in res.stdout and "fp32" in res.stdout
@@ -50,14 +53,17 @@ def copy(made, tmp_path):
 
 def test_manifest_follows_the_format(made):
     m = json.loads((made / "manifest.json").read_text())
-    assert m["format"] == "edgelm-bundle" and m["format_version"] == 1
+    assert m["format"] == "edgelm-bundle" and m["format_version"] == 2
     assert m["graphs"]["prefill"]["chunk"] == 32 and m["opset"] == 17 and m["vocab"] == 256
-    assert set(m["files"]) == {"step.onnx", "prefill.onnx", "build_engine.sh", "model.pt"}
+    assert set(m["files"]) == {"step.onnx", "prefill.onnx", "weights.bin", "build_engine.sh", "model.pt"}
+    assert set(os.listdir(made)) == set(m["files"]) | {"manifest.json"}
     for name, digest in m["files"].items():
-        assert sha256_file(made / name) == digest
-    import hashlib
-    ids = (m["files"]["step.onnx"] + m["files"]["prefill.onnx"]).encode()
-    assert m["bundle_id"] == hashlib.sha256(ids).hexdigest()
+        assert hashlib.sha256((made / name).read_bytes()).hexdigest() == digest
+    # bundle_id: sha256 of the canonical manifest (all but bundle_id and built), computed here
+    body = {k: v for k, v in m.items() if k not in ("bundle_id", "built")}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert m["bundle_id"] == hashlib.sha256(canon).hexdigest() and m["built"] == {}
+    assert m["graphs"]["step"]["data"] == m["graphs"]["prefill"]["data"] == ["weights.bin"]
     assert [s["name"] for s in m["state"]] == ["0.h", "0.c", "1.h", "1.c"]
     assert m["max_streams"] == m["target"]["default_max_streams"]
     from edgelm.checkpoint import load_model
@@ -102,11 +108,12 @@ def test_output_dir_rules(ckpt, tmp_path):
     with pytest.raises(EdgelmError, match="is a file"):
         export_bundle(ckpt, "cpu", None, afile)
     m = export_bundle(ckpt, "cpu", None, busy, force=True, chunk=4)
-    assert not (busy / "keep.txt").exists() and load_bundle(busy).bundle_id == m["bundle_id"]
+    assert not (busy / "keep.txt").exists() and load_bundle(busy).bundle_id == m.bundle_id
 
 
 def test_failed_validation_writes_nothing(ckpt, tmp_path, monkeypatch):
-    monkeypatch.setitem(validate.ATOL, "fp32", -1.0)  # every measured difference now fails
+    strict = dataclasses.replace(precision.PRECISIONS["fp32"], atol=-1.0)  # every difference now fails
+    monkeypatch.setitem(precision.PRECISIONS, "fp32", strict)
     with pytest.raises(EdgelmError, match="disagree with PyTorch.*max_abs_logit_diff"):
         export_bundle(ckpt, "cpu", None, tmp_path / "b", chunk=4)
     assert list(tmp_path.iterdir()) == []  # no bundle, no temporary sibling

@@ -13,10 +13,11 @@ from onnx import TensorProto, helper
 from edgelm.checkpoint import save_model
 from edgelm.devices import get_profile
 from edgelm.export import check_tensorrt_compat, export_bundle
-from edgelm.export.fuse import fuse
+from edgelm.export.fused import fuse
 from edgelm.export.onnx_export import LOOP_OPS, export_naive_step, loop_ops
 from edgelm.export.trt_ops import target_opset
-from edgelm.export.validate import ATOL, session
+from edgelm.export.validate import session
+from edgelm.precision import PRECISIONS
 from edgelm.models import ARCHS, build_model
 from edgelm.runtime.bundle import load_bundle
 
@@ -53,26 +54,27 @@ def bundles(ckpts, tmp_path_factory):
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_export_parity_and_graphs(bundles, arch, precision):
     out, manifest = bundles(arch, precision)
-    v = manifest["validation"]
-    assert manifest["precision"] == precision and manifest["arch"] == arch
-    assert 0 <= v["max_abs_logit_diff"] <= ATOL[precision]
-    assert 0 <= v["prefill_max_abs_diff"] <= ATOL[precision]
+    v = manifest.validation
+    atol = PRECISIONS[precision].atol
+    assert manifest.precision == precision and manifest.arch == arch
+    assert 0 <= v["max_abs_logit_diff"] <= atol
+    assert 0 <= v["prefill_max_abs_diff"] <= atol
     assert v["max_abs_state_diff"] <= v["state_atol"]
     if precision == "fp32":
         assert v["max_abs_logit_diff"] < 1e-4
     bundle = load_bundle(out)
-    assert bundle.bundle_id == manifest["bundle_id"] and len(bundle.bundle_id) == 64
+    assert bundle.bundle_id == manifest.bundle_id and len(bundle.bundle_id) == 64
     for name in ("step", "prefill"):
-        g = onnx.load(str(bundle.graph_path(name)))
+        g = onnx.load(str(out / manifest.graphs[name].file))
         assert loop_ops(g) == [], f"{name} graph has {loop_ops(g)}"
         assert not {n.op_type for n in g.graph.node} & set(LOOP_OPS)
-        assert manifest["graphs"][name]["nodes"] == len(g.graph.node)
-        ins = {i["name"]: i for i in manifest["graphs"][name]["inputs"]}
-        assert ins["byte_ids"]["dtype"] == "int64" and ins["byte_ids"]["shape"][0] == "batch"
-        outs = {o["name"]: o for o in manifest["graphs"][name]["outputs"]}
-        assert outs["logits"]["shape"] == ["batch", 256] and outs["logits"]["dtype"] == "float32"
-        for s in manifest["state"]:
-            assert ins[s["input"]]["dtype"] == "float32" and outs[s["output"]]["shape"] == ["batch", *s["shape"]]
+        assert manifest.graphs[name].nodes == len(g.graph.node)
+        ins = {i.name: i for i in manifest.graphs[name].inputs}
+        assert ins["byte_ids"].dtype == "int64" and ins["byte_ids"].shape[0] == "batch"
+        outs = {o.name: o for o in manifest.graphs[name].outputs}
+        assert outs["logits"].shape == ("batch", 256) and outs["logits"].dtype == "float32"
+        for s in manifest.state:
+            assert ins[s.input].dtype == "float32" and outs[s.output].shape == ("batch", *s.shape)
     has_half = any(t.data_type == TensorProto.FLOAT16 for t in onnx.load(str(out / "step.onnx")).graph.initializer)
     assert has_half == (precision == "fp16")
 
@@ -84,9 +86,9 @@ def test_export_on_gpu_targets(bundles, arch, precision, target):
     out, manifest = bundles(arch, precision, target)
     profile = get_profile(target)
     assert profile == get_profile("jetson-orin-nano-8gb") or target != "jetson"
-    assert manifest["target"]["name"] == profile.name and manifest["max_streams"] == profile.default_max_streams
-    assert manifest["validation"]["tensorrt_ops"] == "ok"
-    assert manifest["validation"]["max_abs_logit_diff"] <= ATOL[precision]
+    assert manifest.target["name"] == profile.name and manifest.max_streams == profile.default_max_streams
+    assert manifest.validation["tensorrt_ops"] == "ok"
+    assert manifest.validation["max_abs_logit_diff"] <= PRECISIONS[precision].atol
     assert "--stronglyTyped" in (out / "build_engine.sh").read_text()
     assert check_tensorrt_compat(onnx.load(str(out / "step.onnx")), profile) == []
 
@@ -98,7 +100,7 @@ def test_fused_graph_smaller_than_naive(bundles, ckpts, arch, tmp_path):
     _, manifest = bundles(arch, "fp32")
     export_naive_step(load_model(ckpts[arch]), tmp_path / "naive.onnx")
     naive = len(onnx.load(str(tmp_path / "naive.onnx")).graph.node)
-    assert manifest["graphs"]["step"]["nodes"] < naive
+    assert manifest.graphs["step"].nodes < naive
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -125,7 +127,7 @@ def test_fused_module_equals_model_step(arch):
 def test_prefill_leaves_the_state_stepping_leaves(bundles, arch):
     out, manifest = bundles(arch, "fp32")
     bundle = load_bundle(out)
-    step, prefill = session(bundle.graph_path("step")), session(bundle.graph_path("prefill"))
+    step, prefill = session(out / "step.onnx"), session(out / "prefill.onnx")
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 256, (2, bundle.prefill_chunk), dtype=np.int64)
     state = {s.input: rng.standard_normal((2, *s.shape)).astype(np.float32) * 0.5 for s in bundle.state}
@@ -143,12 +145,13 @@ def test_prefill_leaves_the_state_stepping_leaves(bundles, arch):
 def test_gpu_targets(ckpts, tmp_path, arch, target, precision):
     manifest = export_bundle(ckpts[arch], target, precision, tmp_path / "b", chunk=8)
     profile = get_profile(target)
-    assert manifest["target"]["name"] == profile.name
-    assert manifest["precision"] == (precision or profile.default_precision)
-    assert manifest["max_streams"] == profile.default_max_streams
-    assert manifest["opset"] == target_opset(profile, 17)
-    assert manifest["validation"]["tensorrt_ops"] == "ok"
-    assert "--onnx=step.onnx" in (tmp_path / "b" / "build_engine.sh").read_text()
+    assert manifest.target["name"] == profile.name
+    assert manifest.precision == (precision or profile.default_precision)
+    assert manifest.max_streams == profile.default_max_streams
+    assert manifest.opset == target_opset(profile, 17)
+    assert manifest.validation["tensorrt_ops"] == "ok"
+    script = (tmp_path / "b" / "build_engine.sh").read_text()
+    assert "--onnx=step.onnx" in script and "--onnx=prefill.onnx" in script
 
 
 def test_opset_follows_the_targets_parser():

@@ -45,7 +45,7 @@ def test_run_accepts_binary_prompt_file(bundle_dir, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--max-bytes", "-1"], "--max-bytes"), (["--max-bytes", "200000000"], "--max-bytes"),
-    (["--streams", "1000"], "max_streams"), (["--streams", "0"], "--streams"),
+    (["--streams", "100000"], "--streams"), (["--streams", "0"], "--streams"),
     (["--backend", "tensorrt"], "tensorrt is not installed"), (["--backend", "nope"], "unknown backend"),
     (["--temperature", "-1"], "temperature"), (["--top-p", "0"], "top_p"),
     (["--prompt", "x", "--prompt-file", "y"], "either"), (["--prompt-file", "/no/such"], "does not exist"),

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from bundle_tools import edit_manifest
 from runtime_fixtures import ARCHS, bundle_dir  # noqa: F401
 from edgelm.errors import EdgelmError
 from edgelm.runtime import GREEDY, Sampling, Session
@@ -132,11 +133,9 @@ def test_snapshot_refused_when_foreign_or_corrupt(bundle_dir, tmp_path):
         newer[8] = 99
         with pytest.raises(EdgelmError, match="newer"):
             s.restore(bytes(newer))
-    other_dir = tmp_path / "other"  # same layout, another model: a re-exported bundle's id differs
+    other_dir = tmp_path / "other"  # same layout, another bundle: any change gives another id
     shutil.copytree(bundle_dir("mamba"), other_dir)
-    manifest = json.loads((other_dir / "manifest.json").read_text())
-    manifest["bundle_id"] = "f" * 64
-    (other_dir / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(other_dir, lambda m: m.update(edgelm_version="another"))
     with Session.open(other_dir) as other:
         with pytest.raises(EdgelmError, match="another bundle|not to this bundle"):
             other.restore(blob)

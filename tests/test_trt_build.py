@@ -19,14 +19,16 @@ from edgelm.errors import EdgelmError
 from edgelm.export import trt_build
 from edgelm.export.trt_build import (build_engine, build_engine_script, profile_shapes, trtexec_args,
                                      workspace_bytes)
+from edgelm.runtime import manifest as fmt
 from edgelm.runtime.bundle import load_bundle
+from edgelm.runtime.manifest import GraphSpec, Manifest, StateTensor, TensorSpec, graph_io, state_io
 
 REPO = Path(__file__).resolve().parents[1]
 EDGELM = Path(sys.executable).parent / "edgelm"
 MIB = 1 << 20
-STEP_INPUTS = [{"name": "byte_ids", "shape": ["batch"], "dtype": "int64"},
-               {"name": "state_in.0.h", "shape": ["batch", 128], "dtype": "float32"},
-               {"name": "state_in.0.c", "shape": ["batch", 128], "dtype": "float32"}]
+STATE = tuple(StateTensor(n, *state_io(n), (128,)) for n in ("0.h", "0.c"))
+STEP_INPUTS = graph_io(STATE)[0]
+CHUNK = 4
 
 
 # ---------------------------------------------------------------- mypy against tensorrt-stubs
@@ -84,14 +86,24 @@ def test_mypy_check_catches_tensorrt_api_typos(trt_stubs, tmp_path):
 
 # ---------------------------------------------------------------- bundles
 
+def _manifest(precision: str = "fp16", max_streams: int = 16, target: str = "jetson-orin-nano-8gb") -> Manifest:
+    graphs = {"step": GraphSpec("step.onnx", 1, *graph_io(STATE), None, ("weights.bin",)),
+              "prefill": GraphSpec("prefill.onnx", 1, *graph_io(STATE, CHUNK), CHUNK, ("weights.bin",))}
+    return Manifest(arch="lstm", config={}, params=1, precision=precision, opset=17, max_streams=max_streams,
+                    target=get_profile(target).to_dict(), state=STATE, graphs=graphs, files={},
+                    edgelm_version="test")
+
+
+FILES = {"step.onnx": b"not really onnx", "prefill.onnx": b"not really onnx either", "weights.bin": b"W"}
+
+
 def _write_bundle(path: Path, target: str = "jetson-orin-nano-8gb", max_streams: int = 16) -> Path:
+    """A bundle whose graphs TensorRT never really parses here (the fake below takes any bytes)."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "step.onnx").write_bytes(b"not really onnx")
-    manifest = {"format": "edgelm-bundle", "format_version": 1, "bundle_id": "test", "arch": "lstm",
-                "precision": "fp16", "max_streams": max_streams, "target": get_profile(target).to_dict(),
-                "state": [], "graphs": {"step": {"file": "step.onnx", "inputs": STEP_INPUTS}},
-                "files": {"step.onnx": hashlib.sha256(b"not really onnx").hexdigest()}}
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    for name, data in FILES.items():
+        (path / name).write_bytes(data)
+    files = {name: hashlib.sha256(data).hexdigest() for name, data in FILES.items()}
+    fmt.write(path, dataclasses.replace(_manifest(max_streams=max_streams, target=target), files=files))
     return path
 
 
@@ -99,7 +111,7 @@ def test_build_without_tensorrt_says_where_to_build(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))  # like stubs-only
     bundle = _write_bundle(tmp_path / "b")
     with pytest.raises(EdgelmError, match=r"TensorRT is not installed here; copy .*b to the device "
-                                          r"and run build_engine.sh or `edgelm build .*b` there"):
+                                          r"and run `edgelm build .*b` there"):
         build_engine(bundle)
 
 
@@ -131,10 +143,8 @@ def test_profile_shapes_from_max_streams():
     assert shapes["state_in.0.h"] == ((1, 128), (8, 128), (32, 128))
     assert profile_shapes(STEP_INPUTS, 4)["state_in.0.c"] == ((1, 128), (4, 128), (4, 128))
     assert profile_shapes(STEP_INPUTS, 1)["byte_ids"] == ((1,), (1,), (1,))
-    with pytest.raises(EdgelmError, match="max_streams"):
-        profile_shapes(STEP_INPUTS, 0)
-    with pytest.raises(EdgelmError, match="only 'batch' may be dynamic"):
-        profile_shapes([{"name": "x", "shape": ["batch", "seq"], "dtype": "int64"}], 8)
+    prefill = profile_shapes(graph_io(STATE, CHUNK)[0], 32)
+    assert prefill["byte_ids"] == ((1, CHUNK), (8, CHUNK), (32, CHUNK))
 
 
 def test_workspace_from_device_memory_budget():
@@ -147,11 +157,6 @@ def test_workspace_from_device_memory_budget():
 
 
 # ---------------------------------------------------------------- build_engine.sh
-
-def _manifest(precision: str = "fp16", max_streams: int = 16) -> dict:
-    return {"precision": precision, "max_streams": max_streams,
-            "graphs": {"step": {"file": "step.onnx", "inputs": STEP_INPUTS}}}
-
 
 def _bash_syntax_ok(script: str, tmp_path: Path) -> None:
     path = tmp_path / "build_engine.sh"
@@ -169,6 +174,8 @@ def test_script_for_tensorrt_10_and_11_targets(target, tmp_path):
     assert script.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in script
     assert "/usr/src/tensorrt/bin/trtexec" in script and "command -v trtexec" in script
     assert "--onnx=step.onnx" in script and "--saveEngine=engine.plan" in script
+    assert "--onnx=prefill.onnx" in script and "--saveEngine=engine.prefill.plan" in script
+    assert f"--minShapes=byte_ids:1x{CHUNK},state_in.0.h:1x128" in script
     assert "--stronglyTyped" in script and "--fp16" not in script and "--int8" not in script
     n = profile.default_max_streams
     opt = min(8, n)
@@ -210,8 +217,10 @@ def test_script_runs_trtexec_with_its_arguments(tmp_path):
                          env={"TRTEXEC": str(fake), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0] == str(script.parent)  # runs in the bundle directory
-    assert lines[1:] == trtexec_args(_manifest(), profile) + ["--verbose"]
+    # runs in the bundle directory, once per engine
+    step = trtexec_args(_manifest(), profile, "step") + ["--verbose"]
+    prefill = trtexec_args(_manifest(), profile, "prefill") + ["--verbose"]
+    assert lines == [str(script.parent), *step, str(script.parent), *prefill]
 
 
 # ---------------------------------------------------------------- build_engine against a fake tensorrt
@@ -295,8 +304,8 @@ def _fake_tensorrt(calls: dict, trt11: bool = False, parse_ok: bool = True, buil
         def __init__(self, network, logger):
             self.num_errors = 0 if parse_ok else 1
 
-        def parse_from_file(self, path):
-            calls["onnx"] = path
+        def parse(self, model, path):
+            calls.setdefault("onnx", []).append((bytes(model), path))
             return parse_ok
 
         def get_error(self, i):
@@ -326,22 +335,27 @@ def test_build_engine_flow_with_fake_tensorrt(tmp_path, monkeypatch, trt11):
     calls: dict = {}
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(calls, trt11=trt11))
     bundle = _write_bundle(tmp_path / "b", max_streams=16)
-    res = build_engine(bundle)
-    assert res["engine"] == str(bundle / "engine.plan") and res["engine_bytes"] == 4
-    assert (bundle / "engine.plan").read_bytes() == b"PLAN"
-    assert calls["flags"] == (0 if trt11 else 2) and calls["onnx"] == str(bundle / "step.onnx")
+    before = load_bundle(bundle).bundle_id
+    arts = build_engine(bundle)
+    assert [(a.file, a.graph, a.bytes) for a in arts] == [("engine.plan", "step", 4), ("engine.prefill.plan", "prefill", 4)]
+    assert (bundle / "engine.plan").read_bytes() == (bundle / "engine.prefill.plan").read_bytes() == b"PLAN"
+    # each graph parsed from its verified bytes, its weights found beside it
+    assert calls["onnx"] == [(FILES[f], str(bundle.resolve() / f)) for f in ("step.onnx", "prefill.onnx")]
+    assert calls["flags"] == (0 if trt11 else 2)
     profile = get_profile("jetson-orin-nano-8gb")
     assert calls["pool"] == ("ws", workspace_bytes(profile)) and calls["opt_level"] == 3
-    assert calls["shapes"]["state_in.0.h"] == ((1, 128), (8, 128), (16, 128))
+    assert calls["shapes"]["state_in.0.h"] == ((1, 128), (8, 128), (16, 128))  # the prefill build's, last
+    assert calls["shapes"]["byte_ids"] == ((1, CHUNK), (8, CHUNK), (16, CHUNK))
     assert (bundle / "timing.cache").read_bytes() == b"CACHE"
-    manifest = load_bundle(bundle).manifest  # verifies every sha256, engine.plan included
-    engine = manifest["engine"]
-    assert manifest["files"]["engine.plan"] == engine["sha256"] == hashlib.sha256(b"PLAN").hexdigest()
-    assert engine["device_memory_bytes"] == 1234 and engine["bytes"] == 4
-    assert engine["weights_bytes"] == (4096 if trt11 else None)
-    assert engine["tensorrt_version"] == ("11.0.0" if trt11 else "10.3.0.30") and engine["built_on"]
+    loaded = load_bundle(bundle)  # the build changed neither files nor the id; engines are recorded
+    assert loaded.bundle_id == before and "engine.plan" not in loaded.manifest.files
+    step = loaded.artifact("step")
+    assert step.sha256 == hashlib.sha256(b"PLAN").hexdigest() and step.bundle_id == before
+    assert loaded.read_artifact(step) == b"PLAN"
+    assert step.info["device_memory_bytes"] == 1234 and step.info["weights_bytes"] == (4096 if trt11 else None)
+    assert step.info["tensorrt_version"] == ("11.0.0" if trt11 else "10.3.0.30") and step.info["built_on"]
     build_engine(bundle)  # rebuild reuses the timing cache
-    assert calls["cache_in"] == [b"", b"CACHE"]
+    assert calls["cache_in"] == [b"", b"CACHE", b"CACHE", b"CACHE"]
 
 
 def test_build_engine_reports_parser_and_builder_errors(tmp_path, monkeypatch):
@@ -350,7 +364,7 @@ def test_build_engine_reports_parser_and_builder_errors(tmp_path, monkeypatch):
     with pytest.raises(EdgelmError, match=r"could not parse .*node 3 \(Loop\): operation not supported"):
         build_engine(bundle)
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt({}, build_ok=False))
-    with pytest.raises(EdgelmError, match="could not build an engine .*ERROR: fake: no tactic for node 7"):
+    with pytest.raises(EdgelmError, match="could not build the step engine .*ERROR: fake: no tactic for node 7"):
         build_engine(bundle)
     assert not (bundle / "engine.plan").exists()
 

@@ -33,7 +33,6 @@ def open_backend(name: str, bundle, device: str | None, max_streams: int):
 
 
 def _trt_usable(bundle, device: str | None) -> bool:
-    engine = bundle.manifest.get("engine") or {}
-    if device not in (None, "cuda") or not (bundle.path / engine.get("file", "engine.plan")).is_file():
+    if device not in (None, "cuda") or not all(bundle.artifact(g) for g in ("step", "prefill")):
         return False
     return importlib.import_module(f"{__name__}.trt").available() is None

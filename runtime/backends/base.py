@@ -1,13 +1,13 @@
 """The backend interface: every backend is one small file with the same four methods.
 
-A backend owns preallocated, batch-first buffers sized for `max_streams` streams:
-  step(byte_ids (B,) int64, states)      -> (logits (B, 256) float32, new_states)
-  prefill(byte_ids (B, C) int64, states) -> (logits of the last byte (B, 256), new_states)
-`states` is a list of float32 arrays (B, *shape), one per bundle state tensor, in manifest order.
-Returned arrays are views of the backend's output buffers: valid until the next call
-(ping-pong: an output is never the buffer that is read as the next input).
-Callers that fill `input_views(B)` / `ids_view(B, C)` in place pass them straight through
-without a copy; anything else is copied into the input buffers first (no allocation either way).
+A backend owns preallocated, batch-first buffers sized for `max_streams` streams and runs the
+bundle's step graph (byte ids (B,)) or prefill graph (byte ids (B, C)) over them:
+  run_resident(graph, byte_ids)  the state already sits in `input_views(B)`; returns the logits
+                                 view (B, 256); the new state is `input_views(B)` afterwards
+  step_one(byte)                 the same for one stream and one byte (the generation hot path)
+  step(byte_ids, states)         copies `states` in first (float32 (B, *shape) each, manifest order)
+Returned arrays are views of the backend's buffers, valid until the next call (ping-pong: an
+output is never the buffer that is read as the next input). A subclass implements `_run`.
 """
 
 from __future__ import annotations
@@ -62,13 +62,6 @@ class Backend:
     def step(self, byte_ids: np.ndarray, states: list[np.ndarray]):
         batch = self._stage(byte_ids, states)
         self._run("step", batch)
-        return self._flip(batch)
-
-    def prefill(self, byte_ids: np.ndarray, states: list[np.ndarray]):
-        if byte_ids.ndim != 2 or byte_ids.shape[1] != self.chunk:
-            raise ValueError(f"prefill takes (B, {self.chunk}) byte ids, got {byte_ids.shape}")
-        batch = self._stage(byte_ids, states)
-        self._run("prefill", batch)
         return self._flip(batch)
 
     def run_resident(self, graph: str, byte_ids: np.ndarray) -> np.ndarray:

@@ -1,6 +1,9 @@
 """ONNX Runtime backend: CPU, or the CUDA / TensorRT execution providers where installed.
 
-Each (graph, batch) pair gets one IOBinding, made once, that binds slices of the preallocated
+Graphs are loaded from the bundle's verified bytes, never by path, and their weights file is
+handed to ONNX Runtime from memory (one buffer shared by the step and prefill sessions), so what
+runs is exactly what was hashed. Each graph's inputs and outputs are checked against the
+manifest's state spec before it runs. Each (graph, batch) pair gets one IOBinding, made once, that binds slices of the preallocated
 buffers as OrtValues; a call is then a single `run_with_iobinding` that writes logits and new
 state straight into the output buffers. The provider actually used is checked after the session
 is created: asking for CUDA and getting CPU is an error, never a silent fallback.
@@ -12,9 +15,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from ...errors import EdgelmError
+from ..manifest import TensorSpec
 from .base import Backend
 
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+             "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
 PROVIDERS = {
     None: ["CPUExecutionProvider"],
     "cpu": ["CPUExecutionProvider"],
@@ -66,15 +74,31 @@ class OrtBackend(Backend):
 
         self._ort = ort
         providers = _check_providers(ort, device)
-        opts = _session_options(ort, threads)
-        self.sessions = {g: ort.InferenceSession(str(bundle.graph_path(g)), opts, providers=providers)
-                         for g in ("step", "prefill")}
+        self._data: dict[str, np.ndarray] = {}  # weights files, kept alive as long as the sessions
+        self.sessions = {g: self._session(g, threads, providers) for g in ("step", "prefill")}
         got = self.sessions["step"].get_providers()
         if got[0] != providers[0]:
             raise EdgelmError(f"onnxruntime fell back to {got[0]} although {providers[0]} was asked for "
                               "(CUDA/TensorRT libraries missing or incompatible); fix the install or use device='cpu'")
         self.providers = got
         self._bindings: dict[tuple[str, int, int], object] = {}  # (graph, batch, parity)
+
+    def _session(self, graph: str, threads: int | None, providers: list[str]):
+        spec, opts = self.bundle.manifest.graphs[graph], _session_options(self._ort, threads)
+        for name in spec.data:
+            if name not in self._data:
+                self._data[name] = np.frombuffer(self.bundle.read(name), np.uint8)
+        if spec.data:
+            buffers = [self._data[n] for n in spec.data]
+            opts.add_external_initializers_from_files_in_memory(list(spec.data), buffers, [len(b) for b in buffers])
+        try:
+            sess = self._ort.InferenceSession(self.bundle.read(spec.file), opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own classes for bad graphs
+            first = (str(exc).strip().splitlines() or ["no details"])[0][:200]
+            raise EdgelmError(f"{spec.file} in {self.bundle.path} cannot be loaded by onnxruntime ({first}); "
+                              "re-export the bundle") from None
+        self.bundle.check_io(graph, _io(sess.get_inputs()), _io(sess.get_outputs()))
+        return sess
 
     def _binding(self, graph: str, batch: int):
         key = (graph, batch, self.parity)
@@ -99,6 +123,10 @@ class OrtBackend(Backend):
 
     def describe(self) -> str:
         return f"onnxruntime {self._ort.__version__} ({self.providers[0]})"
+
+
+def _io(args) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(a.name, tuple(a.shape), ORT_TYPES.get(a.type, a.type)) for a in args)
 
 
 BACKEND = OrtBackend

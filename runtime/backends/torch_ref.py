@@ -1,5 +1,8 @@
 """PyTorch reference backend: the bundle's model.pt checkpoint run eagerly (CPU) or on CUDA.
 
+model.pt is optional (`edgelm export --with-reference`); it is loaded from its verified bytes
+with torch.load(weights_only=True), and its state spec must be the manifest's.
+
 The CPU path wraps the numpy buffers as tensors (shared memory, no copies). On CUDA the step
 for each batch size is captured once as a CUDA graph over static device tensors and replayed;
 state is copied between the host buffers and those tensors around each replay.
@@ -29,19 +32,24 @@ class TorchBackend(Backend):
         super().__init__(bundle, device, max_streams)
         import torch
 
-        from ...checkpoint import load_model
+        from ...checkpoint import model_from_bytes
+        from ..manifest import REFERENCE
 
         self.torch = torch
-        path = bundle.file("model.pt")
-        if path is None:
-            raise EdgelmError(f"bundle {bundle.path} has no model.pt; re-export it for the torch backend")
+        if not bundle.has(REFERENCE):
+            raise EdgelmError(f"bundle {bundle.path} has no {REFERENCE} (the torch backend's input); "
+                              "re-export it with --with-reference")
         if device not in (None, "cpu", "cuda"):
             raise EdgelmError(f"unknown device {device!r} for torch; use cpu or cuda")
         if device == "cuda" and not torch.cuda.is_available():
             raise EdgelmError("device='cuda' asked for but torch sees no CUDA GPU (CPU-only torch build "
                               "or no driver); use device='cpu'")
         self.dev = torch.device(device or "cpu")
-        self.model = load_model(path).to(self.dev).eval()
+        model = model_from_bytes(bundle.read(REFERENCE), f"{bundle.path}/{REFERENCE}")
+        if [(n, tuple(s)) for n, s in model.state_spec()] != [(s.name, s.shape) for s in bundle.state]:
+            raise EdgelmError(f"{bundle.path}/{REFERENCE} is not this bundle's model (its state differs from "
+                              "the manifest's); re-export the bundle")
+        self.model = model.to(self.dev).eval()
         self._host = {}  # id(numpy buffer) -> tensor sharing its memory
         for a in [*self.state_in, *self.state_out, self.ids_step, self.ids_prefill, self.logits]:
             self._host[id(a)] = torch.from_numpy(a)

@@ -1,22 +1,23 @@
-"""TensorRT backend: the native `engine.plan` that `edgelm build` writes on the device.
+"""TensorRT backend: the native engines `edgelm build` writes and records on the device.
 
 Written against the TensorRT 10/11 Python API (name-based I/O): deserialize_cuda_engine,
 create_execution_context, set_input_shape, set_tensor_address, execute_async_v3. Device memory
-comes from cuda-python (cudart). Two device copies of the state ping-pong (an input is never an
-output); each (graph, batch, parity) enqueue is captured once as a CUDA graph and replayed.
-The engine holds the step graph; a prefill chunk runs through `engine.prefill.plan` when the
-bundle has one, else as `chunk` steps (the same state either way).
+comes from cuda-python (cudart). Two engines, both required: `engine.plan` for the step graph and
+`engine.prefill.plan` for the prefill graph, each deserialized from bytes checked against the
+sha256 the manifest's `built` section records, and each checked against the manifest's state
+spec before it runs. Each engine owns device buffers for the byte ids, the logits and the state
+in and out; each (engine, batch) enqueue is captured once as a CUDA graph and replayed.
 tensorrt and cuda-python are imported only when this backend is picked.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import EdgelmError
+from ..manifest import TensorSpec
 from .base import Backend
 
 if TYPE_CHECKING:  # typed against tensorrt-stubs in the test suite (tests/test_trt_build.py)
@@ -55,55 +56,90 @@ def _ck(result):
     return rest[0] if len(rest) == 1 else rest
 
 
-class _Engine:
-    """One deserialized engine + context with ping-pong device buffers and captured graphs."""
+def engine_io(engine: trt.ICudaEngine) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """An engine's inputs and outputs as TensorSpecs (a dynamic dimension reads as "batch")."""
+    import tensorrt as trt
 
-    def __init__(self, runtime: trt.Runtime, path: Path, backend: TrtBackend, ids_shape: tuple) -> None:
-        self.cudart, self.backend = backend.cudart, backend
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    types = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.INT64: "int64",
+             trt.DataType.INT32: "int32", trt.DataType.INT8: "int8"}
+    ins: list[TensorSpec] = []
+    outs: list[TensorSpec] = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        shape = engine.get_tensor_shape(name)
+        dims = tuple("batch" if shape[i] < 0 else int(shape[i]) for i in range(len(shape)))
+        spec = TensorSpec(name, dims, types.get(engine.get_tensor_dtype(name), "unsupported"))
+        (ins if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outs).append(spec)
+    return tuple(ins), tuple(outs)
+
+
+class _Engine:
+    """One deserialized engine + context with its device buffers and captured CUDA graphs."""
+
+    def __init__(self, runtime: trt.Runtime, plan: bytes, backend: TrtBackend, graph: str) -> None:
+        self.cudart, self.backend, self.graph = backend.cudart, backend, graph
+        engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
-            raise EdgelmError(f"{path} cannot be deserialized here (built for another GPU or TensorRT "
-                              f"version {backend.trt.__version__}); run `edgelm build` again on this device")
+            raise EdgelmError(f"the {graph} engine of {backend.bundle.path} cannot be deserialized here (built "
+                              f"for another GPU or TensorRT version {backend.trt.__version__}); run "
+                              "`edgelm build` again on this device")
+        backend.bundle.check_io(graph, *engine_io(engine))
         self.engine: trt.ICudaEngine = engine
         self.ctx: trt.IExecutionContext = engine.create_execution_context()
-        n = backend.max_streams
-        self.d_ids = self._alloc(n * int(np.prod(ids_shape)) * 8)
-        self.d_logits = self._alloc(n * 256 * 4)
-        self.d_state = [[self._alloc(b.nbytes) for b in backend.state_in] for _ in range(2)]
-        self.graphs: dict[tuple[int, int], object] = {}
+        ids = backend.ids_prefill if graph == "prefill" else backend.ids_step
+        self.ids, self.ids_shape = ids, ids.shape[1:]
+        self.d_ids = self._alloc(ids.nbytes)
+        self.d_logits = self._alloc(backend.logits.nbytes)
+        self.d_in = [self._alloc(b.nbytes) for b in backend.state_in]
+        self.d_out = [self._alloc(b.nbytes) for b in backend.state_out]
+        self.graphs: dict[int, object] = {}
 
     def free(self) -> None:
         """Release the device buffers (once; later calls do nothing)."""
-        for ptr in [self.d_ids, self.d_logits, *self.d_state[0], *self.d_state[1]]:
+        for ptr in [self.d_ids, self.d_logits, *self.d_in, *self.d_out]:
             if ptr:
                 self.cudart.cudaFree(ptr)
         self.d_ids = self.d_logits = 0
-        self.d_state = [[], []]
+        self.d_in, self.d_out = [], []
 
     def _alloc(self, nbytes: int) -> int:
         return int(_ck(self.cudart.cudaMalloc(nbytes)))
 
-    def _bind(self, batch: int, parity: int, ids_shape: tuple) -> None:
+    def _bind(self, batch: int) -> None:
         ctx, specs = self.ctx, self.backend.bundle.state
-        ctx.set_input_shape("byte_ids", (batch, *ids_shape))
+        ctx.set_input_shape("byte_ids", (batch, *self.ids_shape))
         ctx.set_tensor_address("byte_ids", self.d_ids)
         ctx.set_tensor_address("logits", self.d_logits)
-        for s, src, dst in zip(specs, self.d_state[parity], self.d_state[parity ^ 1]):
+        for s, src, dst in zip(specs, self.d_in, self.d_out):
             ctx.set_input_shape(s.input, (batch, *s.shape))
             ctx.set_tensor_address(s.input, src)
             ctx.set_tensor_address(s.output, dst)
 
-    def enqueue(self, stream: int, batch: int, parity: int, ids_shape: tuple) -> None:
-        key = (batch, parity)
-        self._bind(batch, parity, ids_shape)
-        if key in self.graphs:
-            _ck(self.cudart.cudaGraphLaunch(self.graphs[key], stream))
+    def run(self, stream: int, batch: int) -> None:
+        """Host buffers in -> engine -> host buffers out (ids, state_in -> logits, state_out)."""
+        be = self.backend
+        be.h2d(self.d_ids, self.ids[:batch])
+        for d, h in zip(self.d_in, be.state_in):
+            be.h2d(d, h[:batch])
+        self._enqueue(stream, batch)
+        be.d2h(be.logits[:batch], self.d_logits)
+        for h, d in zip(be.state_out, self.d_out):
+            be.d2h(h[:batch], d)
+        _ck(self.cudart.cudaStreamSynchronize(stream))
+
+    def _enqueue(self, stream: int, batch: int) -> None:
+        self._bind(batch)
+        graph = self.graphs.get(batch)
+        if graph is not None:
+            _ck(self.cudart.cudaGraphLaunch(graph, stream))
             return
         if not self.ctx.execute_async_v3(stream):
-            raise EdgelmError("TensorRT execute_async_v3 failed; see the TensorRT log above")
-        self.graphs[key] = self._capture(stream)
+            raise EdgelmError(f"TensorRT execute_async_v3 failed on the {self.graph} engine; see the TensorRT log")
+        captured = self._capture(stream)
+        if captured is not None:
+            self.graphs[batch] = captured
 
-    def _capture(self, stream: int) -> object:
+    def _capture(self, stream: int) -> object | None:
         cudart = self.cudart
         try:
             _ck(cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
@@ -123,60 +159,33 @@ class TrtBackend(Backend):
 
         if device not in (None, "cuda"):
             raise EdgelmError(f"the tensorrt backend runs on the GPU only; device {device!r} is not possible")
+        plans = {}
+        for graph in ("step", "prefill"):
+            art = bundle.artifact(graph)
+            if art is None:
+                raise EdgelmError(f"bundle {bundle.path} has no {graph} engine built for this device; "
+                                  f"run `edgelm build {bundle.path}` on it")
+            plans[graph] = bundle.read_artifact(art)
         self.trt, self.cudart = trt, _cudart()
-        eng = bundle.manifest.get("engine", {})
-        path = bundle.path / eng.get("file", "engine.plan")
-        if not path.is_file():
-            raise EdgelmError(f"bundle {bundle.path} has no {path.name}; run `edgelm build {bundle.path}` on this device")
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self.logger)
         self.stream = _ck(self.cudart.cudaStreamCreate())
-        self.step_engine = _Engine(runtime, path, self, ())
-        pre = bundle.path / eng.get("prefill_file", "engine.prefill.plan")
-        self.prefill_engine = _Engine(runtime, pre, self, (self.chunk,)) if pre.is_file() else None
-        self._dev_parity = 0
+        self.engines = {g: _Engine(runtime, plan, self, g) for g, plan in plans.items()}
 
-    def _h2d(self, dst: int, src: np.ndarray) -> None:
+    def h2d(self, dst: int, src: np.ndarray) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         _ck(self.cudart.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, self.stream))
 
-    def _d2h(self, dst: np.ndarray, src: int) -> None:
+    def d2h(self, dst: np.ndarray, src: int) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         _ck(self.cudart.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, self.stream))
 
     def _run(self, graph: str, batch: int) -> None:
-        eng = self.step_engine
-        if graph == "prefill":
-            if self.prefill_engine is None:
-                return self._prefill_by_steps(batch)
-            eng = self.prefill_engine
-        ids = self.ids_prefill[:batch] if graph == "prefill" else self.ids_step[:batch]
-        p = self._dev_parity
-        self._h2d(eng.d_ids, ids)
-        for d, h in zip(eng.d_state[p], self.state_in):
-            self._h2d(d, h[:batch])
-        eng.enqueue(self.stream, batch, p, ids.shape[1:])
-        self._d2h(self.logits[:batch], eng.d_logits)
-        for h, d in zip(self.state_out, eng.d_state[p ^ 1]):
-            self._d2h(h[:batch], d)
-        _ck(self.cudart.cudaStreamSynchronize(self.stream))
-
-    def _prefill_by_steps(self, batch: int) -> None:
-        ids = self.ids_prefill[:batch]
-        for t in range(self.chunk):
-            self.ids_step[:batch] = ids[:, t]
-            self._run("step", batch)
-            if t < self.chunk - 1:  # carry the state: out -> in (host buffers)
-                for dst, src in zip(self.state_in, self.state_out):
-                    dst[:batch] = src[:batch]
+        self.engines[graph].run(self.stream, batch)
 
     def describe(self) -> str:
         return f"tensorrt {self.trt.__version__}"
 
     def close(self) -> None:
-        self.step_engine.free()
-        if self.prefill_engine is not None:
-            self.prefill_engine.free()
-
-
-BACKEND = TrtBackend
+        for eng in self.engines.values():
+            eng.free()

@@ -1,0 +1,168 @@
+"""What every fused form shares: frozen weights, the graph edges, the prefill unroll, and the
+residual architectures' norm, gated MLP and GELU.
+
+At batch 1 every ONNX node costs a kernel launch (or a CPU dispatch) and the matmuls are tiny,
+so node count, not FLOPs, sets the step latency. Each fused form computes exactly what the
+model's `step` computes, rearranged so the legacy exporter emits as few nodes as possible:
+
+- weights are stored pre-transposed (in, out) and whatever depends only on weights is
+  precomputed, so it becomes an initializer instead of a chain of nodes
+- RMSNorm is kept in the exact form ONNX Runtime fuses into one SimplifiedLayerNormalization
+- tanh-GELU is x * sigmoid(k1 x + k2 x^3), with k1 folded into the gate columns and 1/k1 into
+  the next weights
+- Python ints for split sizes, so every split exports as one Split node
+(The per-architecture tricks are in each architecture's file.)
+
+fp16: weights and compute in half, graph IO in float32 (Cast at the edges). The residual
+stream of the norm-based archs stays float32, so the RMSNorm mean of squares cannot overflow;
+each sub-block casts to half after its norm and back after its output matmul.
+
+The sub-layer modules are called through a `step` method, not `__call__`, as the model blocks
+are: the traced graph then carries no module scopes, only the ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...models import ByteLM
+
+GELU_K1 = 2.0 * math.sqrt(2.0 / math.pi)  # tanh-gelu(x) = x * sigmoid(k1 x + k1 * 0.044715 x^3)
+GELU_C = 0.044715 / GELU_K1 ** 2  # with g = k1 x: argument = g + GELU_C * g^3
+
+
+class _Softplus(torch.autograd.Function):
+    """softplus exported as the single ONNX Softplus node (F.softplus gives 3 nodes)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return F.softplus(x)
+
+    @staticmethod
+    def symbolic(g, x):
+        return g.op("Softplus", x)
+
+
+def gelu_scaled(g: torch.Tensor) -> torch.Tensor:
+    """k1 * gelu_tanh(x) for g = k1 * x (6 nodes)."""
+    return g * torch.sigmoid(g * (g * g * GELU_C + 1.0))
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of x (B, D) in its dtype (float32 here).
+
+    Spelled Pow, ReduceMean, Add, Sqrt, Div, Mul: the chain ONNX Runtime fuses into one
+    SimplifiedLayerNormalization node (and TensorRT into one normalization kernel); folding
+    the weight into the next matmul saves 2 graph nodes but breaks that fusion (measured).
+    """
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+class Frozen(nn.Module):
+    """Copies of trained weights, frozen as buffers (the graph's initializers), in one compute dtype."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+        self.half = dtype != torch.float32
+
+    def keep(self, dtype: torch.dtype | None = None, **tensors: torch.Tensor) -> None:
+        """Register each tensor as a buffer under its keyword: keep(w_in=w) -> self.w_in."""
+        for name, t in tensors.items():
+            self.register_buffer(name, t.detach().to(dtype or self.dtype).contiguous())
+
+    def to_c(self, x):  # float32 -> compute dtype (no node in fp32)
+        return x.to(self.dtype) if self.half else x
+
+    def to_f(self, x):  # compute dtype -> float32 graph IO
+        return x.float() if self.half else x
+
+
+class FusedLM(Frozen):
+    """A fused single-step module: Cast in/out for fp16 around `core`, then the head (`logits`)."""
+
+    def forward(self, byte_ids: torch.Tensor, *state: torch.Tensor):
+        """One byte: byte_ids (B,) int64, states fp32 -> logits (B, 256) fp32, states fp32."""
+        x, state = self.core(byte_ids, [self.to_c(s) for s in state])
+        return (self.logits(x), *[self.to_f(s) for s in state])
+
+    def core(self, byte_ids, state):
+        """byte_ids (B,), states in the compute dtype -> the last hidden x, the new states."""
+        raise NotImplementedError
+
+    def logits(self, x):
+        """The last hidden x -> logits (B, 256) float32."""
+        raise NotImplementedError
+
+
+class FusedPrefill(nn.Module):
+    """C bytes per stream, unrolled over the fused step: byte_ids (B, C) -> last logits."""
+
+    def __init__(self, step: FusedLM, chunk: int):
+        super().__init__()
+        self.step, self.chunk = step, chunk
+
+    def forward(self, byte_ids: torch.Tensor, *state: torch.Tensor):
+        s = self.step
+        state = [s.to_c(t) for t in state]
+        for t in range(self.chunk):
+            x, state = s.core(byte_ids[:, t], state)  # one Gather per position
+        return (s.logits(x), *[s.to_f(t) for t in state])
+
+
+# -- residual architectures (minGRU, Mamba, RG-LRU) --------------------------------------------
+class ResidualLayer(Frozen):
+    """A residual block's float32 norm weights and, where the block has one, its gated MLP.
+
+    Subclasses add the temporal mixing (their widths read from the model config `cfg`) and
+    `step(x, *state) -> (x, *state)`.
+    """
+
+    def __init__(self, block: nn.Module, cfg, eps: float, dtype: torch.dtype):
+        super().__init__(dtype)
+        self.eps = eps
+        self.keep(torch.float32, nw=block.norm.weight)  # (D,)
+        if hasattr(block, "mlp"):  # gated MLP: k1 folded into the gate columns, 1/k1 into down
+            w_gu = block.mlp.gate_up.weight.t().clone()  # (D, 2F)
+            self.f_mlp = w_gu.shape[1] // 2
+            w_gu[:, :self.f_mlp] *= GELU_K1
+            self.keep(torch.float32, nw_mlp=block.mlp_norm.weight)  # (D,)
+            self.keep(w_gu=w_gu, w_down=block.mlp.down.weight.t() / GELU_K1)  # (D, 2F), (F, D)
+
+    def norm(self, x, w):
+        """float32 residual x (B, D) -> normed, in the compute dtype."""
+        return self.to_c(rms_norm(x, w, self.eps))
+
+    def mlp(self, x):
+        g, u = (self.norm(x, self.nw_mlp) @ self.w_gu).split([self.f_mlp] * 2, dim=-1)  # (B, F) each
+        return x + self.to_f((gelu_scaled(g) * u) @ self.w_down)
+
+
+class FusedResidual(FusedLM):
+    """Embedding -> `Layer` blocks on a float32 residual stream -> RMSNorm -> head (no bias)."""
+
+    Layer: type[ResidualLayer]
+
+    def __init__(self, model: ByteLM, dtype: torch.dtype):
+        super().__init__(dtype)
+        self.eps = model.norm_f.eps
+        self.keep(table=model.embed.weight)  # (256, D)
+        self.layers = nn.ModuleList(self.Layer(blk, model.config, self.eps, dtype) for blk in model.blocks)
+        self.keep(torch.float32, nw_f=model.norm_f.weight)  # (D,)
+        self.keep(w_head=model.head.weight.t())  # (D, 256)
+
+    def core(self, byte_ids, state):
+        x = self.to_f(self.table[byte_ids])  # (B, D) float32 residual stream
+        k = len(state) // len(self.layers)  # state tensors per layer
+        new = []
+        for i, layer in enumerate(self.layers):
+            x, *s = layer.step(x, *state[k * i:k * (i + 1)])
+            new += s
+        return x, new
+
+    def logits(self, x):
+        return self.to_f(self.to_c(rms_norm(x, self.nw_f, self.eps)) @ self.w_head)  # (B, 256)

@@ -1,0 +1,95 @@
+"""Passes over exported ONNX files, in place: tidying, and storing the weights once.
+
+    tidy(path)                        Constant nodes -> initializers, Identity aliases removed
+    share_weights(paths, weights)     every large initializer of every graph -> one weights file,
+                                      each distinct tensor stored once (ONNX external data)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+ALIGN = 64  # byte alignment of each tensor in the weights file (SIMD loads, mmap-friendly)
+MIN_EXTERNAL_BYTES = 1024  # smaller initializers (shapes, scalars) stay inside the graph
+
+
+def tidy(path: Path) -> None:
+    """Constant nodes -> initializers and Identity-of-initializer nodes -> aliases.
+
+    Neither runs as a kernel in ONNX Runtime or TensorRT, so they are noise in node counts.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    alias: dict[str, str] = {}
+    keep = []
+    for node in g.node:
+        node.input[:] = [alias.get(i, i) for i in node.input]
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(node.attribute[0].t)
+            t.name = node.output[0]
+            g.initializer.append(t)
+            inits.add(t.name)
+        elif node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    del g.node[:]
+    g.node.extend(keep)
+    onnx.save(model, str(path))
+
+
+def _raw(tensor) -> bytes:
+    """An initializer's data as little-endian bytes, whichever field holds it."""
+    from onnx import numpy_helper
+
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    arr = numpy_helper.to_array(tensor)
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _externalize(tensor, location: str, offset: int, length: int) -> None:
+    from onnx import TensorProto
+
+    for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        tensor.ClearField(name)
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def share_weights(paths: list[Path], weights: Path, min_bytes: int = MIN_EXTERNAL_BYTES) -> dict:
+    """Move the graphs' initializers of >= min_bytes into `weights` (beside the graphs), storing
+    each distinct tensor once, ALIGN-aligned; the graphs then reference it as external data.
+
+    Content-addressed, so the step and prefill graphs share every weight whatever their
+    initializer names. Returns {"bytes", "tensors" (distinct), "references"}.
+    """
+    import onnx
+
+    blob, offsets, refs = bytearray(), {}, 0
+    models = [onnx.load(str(p)) for p in paths]
+    for model in models:
+        for t in model.graph.initializer:
+            raw = _raw(t)
+            if len(raw) < min_bytes:
+                continue
+            key = hashlib.sha256(raw).digest()
+            if key not in offsets:
+                blob += bytes(-len(blob) % ALIGN)
+                offsets[key] = len(blob)
+                blob += raw
+            _externalize(t, weights.name, offsets[key], len(raw))
+            refs += 1
+    weights.write_bytes(bytes(blob))
+    for model, path in zip(models, paths):
+        onnx.save(model, str(path))
+    return {"bytes": len(blob), "tensors": len(offsets), "references": refs}
