@@ -1,7 +1,7 @@
 """Step latency at batch 1: edgelm's fused step graph vs a plain torch.onnx.export vs eager.
 
 For each architecture (models/{arch}-tiny.pt if present, else a seeded random `tiny` model):
-    fused   edgelm's step.onnx (export/fuse.py), ONNX Runtime CPU
+    fused   edgelm's step.onnx (export/fused/), ONNX Runtime CPU
     naive   torch.onnx.export(model.step) (legacy exporter, same IO), ONNX Runtime CPU
     eager   model.step in PyTorch (lstm/gru also with oneDNN disabled)
 ONNX Runtime runs single-threaded and with default threads; the per-byte time is the median over

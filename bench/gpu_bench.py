@@ -159,7 +159,7 @@ def bench_arch(arch, tmp, prebuilt: Path | None):
     row = {"arch": arch}
     if not prebuilt:
         guarded(row, "export", lambda: export_bundle(model_path(arch, tmp), "h100", "fp32", bundle,
-                                                     force=True)["validation"])
+                                                     with_reference=True, force=True).validation)
     model = load_model(bundle / "model.pt").to(DEV).eval()
     row["params"] = model.num_params()
     guarded(row, "parity", lambda: parity(bundle))
@@ -175,7 +175,8 @@ def bench_arch(arch, tmp, prebuilt: Path | None):
 def build_bundles(out: Path, archs):
     """Export the bundles here (CPU) so the GPU run measures only the runtime."""
     for arch in archs:
-        export_bundle(model_path(arch, out), "h100", "fp32", out / f"{arch}-bundle", force=True)
+        export_bundle(model_path(arch, out), "h100", "fp32", out / f"{arch}-bundle", force=True,
+                      with_reference=True)
 
 
 def cell(row, key, field, fmt):

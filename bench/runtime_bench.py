@@ -35,7 +35,7 @@ def _bundle(arch: str) -> tuple[Path, str]:
         model_path, source = OUT / f"{arch}-tiny-random.pt", "random init"
         save_model(build_model(arch, preset="tiny"), model_path)
     out = OUT / "bundles" / arch
-    export_bundle(model_path, "cpu", None, out, force=True)
+    export_bundle(model_path, "cpu", None, out, force=True, with_reference=True)
     return out, source
 
 
@@ -66,7 +66,7 @@ def session_latency(bundle: Path, n: int) -> dict:
             t0 = t1
         res = _stats(times)
         res["python_overhead_us"] = round((sum(times) - inner[0]) / len(times) * 1e6, 1)
-        res["backend"] = sess.backend.describe()
+        res["backend"] = sess.describe()
         return res
 
 

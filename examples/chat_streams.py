@@ -43,7 +43,7 @@ def main() -> None:
     bundle, work = sys.argv[1], Path(sys.argv[2])
     work.mkdir(parents=True, exist_ok=True)
     with Session.open(bundle, max_streams=len(USERS)) as session:
-        print(f"{session.backend.describe()}: {session.state_bytes_per_stream:,} state bytes per stream")
+        print(f"{session.describe()}: {session.state_bytes_per_stream:,} state bytes per stream")
         (resumed_run if "--resume" in sys.argv else first_run)(session, work)
 
 

@@ -23,7 +23,7 @@ from ..errors import EdgelmError
 from ..models import ByteLM
 from ..runtime.manifest import state_io
 from .fused import FusedPrefill, fuse
-from .graph_passes import tidy
+from .graph_passes import compact, tidy
 from .validate import one_thread
 
 OPSET = 17  # lowered per target to what its TensorRT parses (trt_ops.target_opset)
@@ -57,6 +57,7 @@ def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: in
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False,
                           do_constant_folding=True, external_data=False)
     tidy(path)
+    compact(path)
 
 
 def _compute_dtype(precision: str) -> torch.dtype:
