@@ -9,6 +9,12 @@ class EdgelmError(Exception):
     exit_code = 2
 
 
+class ArgumentError(EdgelmError, TypeError, ValueError):
+    """A wrong argument to the Python API (a wrong type or an out-of-range value). The message
+    names the argument. It is an EdgelmError, and also a TypeError and a ValueError, so callers
+    may catch whichever they expect."""
+
+
 def require_extra(module: str, extra: str = "export"):
     """Import an optional dependency or fail with the install command that provides it."""
     import importlib

@@ -3,7 +3,9 @@
 Every stream owns a `Sampler` with its own numpy Generator (PCG64), so a stream's bytes depend
 only on its seed and its logits, never on which other streams share its batch. One uniform draw
 per sampled byte (none for greedy), used as an inverse-CDF draw on the cumulative softmax; the
-generator's state travels in snapshots. Work buffers are allocated once (`Sampler` keeps one
+generator's state travels in snapshots. The softmax is computed as exp((logit - max) / T) in
+float64, which is exact for every temperature T > 0: a tiny T cannot overflow (the exponent is
+<= 0, and 0 for the most likely byte), it only concentrates the mass on the maximum. Work buffers are allocated once (`Sampler` keeps one
 row's for the batch-1 fast path, `BatchSampler` a batch's).
 """
 
@@ -13,8 +15,24 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import EdgelmError
+from ..errors import ArgumentError
 from ..vocab import VOCAB
+from .arguments import as_bytes, as_int, as_real
+
+MAX_TEMPERATURE = 1e6
+# Below this, (logit - max) / T can exceed the float64 range: it is then -inf, exp() gives the
+# exact 0, and the overflow is expected, not a warning.
+TINY_TEMPERATURE = 1e-250
+
+
+def _exp_scaled(w: np.ndarray, temperature: float) -> None:
+    """w <- exp(w / T) in place, for w = logits - max (<= 0): float64, exact for any T > 0."""
+    if temperature < TINY_TEMPERATURE:
+        with np.errstate(over="ignore"):
+            np.divide(w, temperature, out=w)
+    else:
+        np.divide(w, temperature, out=w)
+    np.exp(w, out=w)
 
 
 @dataclass(frozen=True)
@@ -27,14 +45,11 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self):
-        if not (self.temperature >= 0 and self.temperature < 1e6):
-            raise EdgelmError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 <= self.top_k <= VOCAB:
-            raise EdgelmError(f"top_k must be in 0..{VOCAB} (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise EdgelmError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if self.seed is not None and self.seed < 0:
-            raise EdgelmError(f"seed must be >= 0, got {self.seed}")
+        as_real(self.temperature, "temperature (0 = greedy)", 0.0, MAX_TEMPERATURE)
+        as_int(self.top_k, "top_k (0 = off)", 0, VOCAB)
+        as_real(self.top_p, "top_p (1 = off)", 0.0, 1.0, lo_open=True)
+        if self.seed is not None:
+            as_int(self.seed, "seed", 0)
 
     @property
     def greedy(self) -> bool:
@@ -58,7 +73,7 @@ class Sampler:
     def __init__(self, sampling: Sampling = Sampling()):
         self.sampling = sampling
         self.rng = np.random.default_rng(sampling.seed)
-        self._inv_t = 0.0 if sampling.greedy else 1.0 / sampling.temperature
+        self._t = float(sampling.temperature)
         self._plain = sampling.top_k in (0, VOCAB) and sampling.top_p >= 1.0
         self._w = np.empty(VOCAB, np.float64)  # work buffers of the one-row fast path
         self._c = np.empty(VOCAB, np.float64)
@@ -71,7 +86,7 @@ class Sampler:
         Greedy and plain temperature sampling take a one-row fast path (no temporaries, no
         per-call lists); top-k / top-p go through a one-row `BatchSampler`.
         """
-        if self._inv_t == 0.0:
+        if self.sampling.greedy:
             return int(logits.argmax())
         if not self._plain:
             if self._batch is None:
@@ -79,10 +94,9 @@ class Sampler:
             self._batch.sample(logits.reshape(1, VOCAB), [self], self._out)
             return int(self._out[0])
         w, c = self._w, self._c
-        np.multiply(logits, self._inv_t, out=w)
-        # max(w) without a float64 reduction: scaling by a positive factor keeps the argmax
-        np.subtract(w, w[logits.argmax()], out=w)
-        np.exp(w, out=w)
+        np.copyto(w, logits)
+        np.subtract(w, w[logits.argmax()], out=w)  # <= 0, and 0 at the maximum
+        _exp_scaled(w, self._t)
         np.add.accumulate(w, out=c)
         # inverse CDF: the first byte whose cumulative mass exceeds u * total
         # (= BatchSampler's count of cumulative masses <= u * total, one draw either way)
@@ -93,9 +107,13 @@ class Sampler:
         return {"sampling": self.sampling.to_dict(), "rng": self.rng.bit_generator.state}
 
     @classmethod
-    def from_state(cls, state: dict) -> "Sampler":
-        sampler = cls(Sampling(**state["sampling"]))
-        sampler.rng.bit_generator.state = state["rng"]
+    def from_state(cls, state) -> "Sampler":
+        """A sampler from get_state()'s dict; ArgumentError if it is not one."""
+        try:
+            sampler = cls(Sampling(**state["sampling"]))
+            sampler.rng.bit_generator.state = state["rng"]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArgumentError(f"sampler state is invalid ({str(exc)[:80]})") from None
         return sampler
 
 
@@ -134,9 +152,9 @@ class BatchSampler:
             np.argmax(logits, axis=1, out=out)
             return
         w, c, u = self.w[:n], self.c[:n], self.u[:n]
-        np.multiply(logits, 1.0 / s.temperature, out=w)
-        np.subtract(w, w.max(axis=1, keepdims=True), out=w)
-        np.exp(w, out=w)
+        np.copyto(w, logits)
+        np.subtract(w, w.max(axis=1, keepdims=True), out=w)  # <= 0, and 0 at each row's maximum
+        _exp_scaled(w, s.temperature)
         if 0 < s.top_k < VOCAB:
             kth = np.partition(w, VOCAB - s.top_k, axis=1)[:, VOCAB - s.top_k, None]
             np.less(w, kth, out=self.mask[:n])
@@ -165,9 +183,11 @@ class StopMatcher:
     """Holds back bytes that may begin a stop sequence; a full match ends generation unemitted."""
 
     def __init__(self, stop=()):
-        if isinstance(stop, (bytes, str)):
+        if isinstance(stop, (bytes, bytearray, str, memoryview)):
             stop = [stop]
-        self.stops = [s.encode() if isinstance(s, str) else bytes(s) for s in stop if s]
+        if not isinstance(stop, (list, tuple)):
+            raise ArgumentError(f"stop must be bytes, str or a list of them, not {type(stop).__name__}")
+        self.stops = [s for s in (as_bytes(x, "each stop sequence") for x in stop) if s]
         self.held = b""
         self.stopped = False
 

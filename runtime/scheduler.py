@@ -12,6 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import ArgumentError
+from .arguments import as_instance
 from .sampling import BatchSampler, Sampling
 from .stream import Generation, Stream
 
@@ -31,20 +33,30 @@ class Scheduler:
 
     def add(self, stream: Stream, max_bytes: int, sampling: Sampling | None = None, stop=()) -> Generation:
         """Join `stream` (already fed its prompt) to the batch for `max_bytes` more bytes."""
+        as_instance(stream, Stream, "stream", optional=False)
+        if stream.session is not self.session:
+            raise ArgumentError("stream belongs to another session; a scheduler batches its own session's streams")
         stream.check_open()
         if any(j.stream is stream for j in self.jobs):
-            raise ValueError("stream is already scheduled")
+            raise ArgumentError("stream is already scheduled")
+        job = Generation(stream, max_bytes, stop)
         if sampling is not None:
             stream.set_sampling(sampling)
-        job = Generation(stream, max_bytes, stop)
         if not job.done:
             self.jobs.append(job)
             self._resync()
         return job
 
     def remove(self, stream: Stream) -> None:
+        """Take `stream` out of the batch (it stays open); a stream not in it is ignored."""
         self.jobs = [j for j in self.jobs if j.stream is not stream]
         self._resync()
+
+    def discard(self, slot: int) -> None:
+        """Drop the job of the stream in `slot` (the session calls this when a stream closes)."""
+        if any(j.stream.slot == slot for j in self.jobs):
+            self.jobs = [j for j in self.jobs if j.stream.slot != slot]
+            self._resync()
 
     def _resync(self) -> None:
         self._slots = tuple(j.stream.slot for j in self.jobs)
@@ -52,16 +64,18 @@ class Scheduler:
 
     def step(self) -> list[tuple[Stream, bytes]]:
         """One batched step of every active stream; finished streams leave the batch."""
-        jobs, batch = self.jobs, len(self.jobs)
-        if not batch:
-            return []
-        ids = self._ids[:batch]
-        logits = np.take(self.session.logits_pool, self._rows, axis=0, out=self._logits[:batch])
-        self._sampler.sample(logits, [job.stream.sampler for job in jobs], ids)
-        self.session.run("step", self._slots, ids)
+        with self.session.lock:  # no stream of the batch closes mid-step in another thread
+            self.session.check_open()
+            jobs, batch = self.jobs, len(self.jobs)
+            if not batch:
+                return []
+            ids = self._ids[:batch]
+            logits = np.take(self.session.logits_pool, self._rows, axis=0, out=self._logits[:batch])
+            self._sampler.sample(logits, [job.stream.sampler for job in jobs], ids)
+            self.session.run("step", self._slots, ids)
         out = [(job.stream, job.accept(b)) for job, b in zip(jobs, ids.tolist())]
         if any(job.done for job in jobs):
-            self.jobs = [j for j in jobs if not j.done]
+            self.jobs = [j for j in self.jobs if not j.done]
             self._resync()
         return out
 

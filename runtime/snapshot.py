@@ -8,7 +8,8 @@ Layout (little-endian):
     payload          each state tensor's float32 bytes, in manifest order, then 256 float32 logits
     sha256  32 bytes over everything before it
 A snapshot is tied to the bundle it came from (`bundle_id`); a foreign, newer, truncated or
-corrupted snapshot is refused with an EdgelmError before anything is touched.
+corrupted snapshot is refused with an EdgelmError before anything is touched, and so is one with a
+valid checksum but a malformed header, a non-finite state or logits (a hand-made blob).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ MAGIC = b"EDGELMSS"
 SNAPSHOT_VERSION = 1
 _HEAD = struct.Struct("<8sHI")
 _DIGEST = 32
+_HEADER_KEYS = {"bundle_id", "state", "fed", "sampler"}
 
 
 def state_layout(bundle) -> list:
@@ -56,9 +58,20 @@ def _check_frame(blob: bytes) -> tuple[dict, memoryview]:
         raise EdgelmError("snapshot is corrupt or truncated (checksum mismatch); it cannot be restored")
     try:
         header = json.loads(bytes(body[_HEAD.size:_HEAD.size + hlen]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EdgelmError(f"snapshot header is unreadable ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise EdgelmError(f"snapshot header is unreadable ({str(exc)[:80]})") from None
+    _check_header(header)
     return header, body[_HEAD.size + hlen:]
+
+
+def _check_header(header) -> None:
+    if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
+        raise EdgelmError("snapshot header is malformed (not the fields edgelm writes); it cannot be restored")
+    fed = header["fed"]
+    if type(fed) is not int or fed < 0:
+        raise EdgelmError(f"snapshot header field fed must be a byte count, not {str(fed)[:20]!r}")
+    if header["sampler"] is not None and not isinstance(header["sampler"], dict):
+        raise EdgelmError("snapshot header field sampler is malformed; it cannot be restored")
 
 
 def unpack(bundle, blob: bytes) -> tuple[list[np.ndarray], np.ndarray, int, dict | None]:
@@ -73,9 +86,11 @@ def unpack(bundle, blob: bytes) -> tuple[list[np.ndarray], np.ndarray, int, dict
     if len(payload) != 4 * sum(sizes):
         raise EdgelmError("snapshot payload has the wrong size; it cannot be restored")
     flat = np.frombuffer(payload, "<f4")
+    if not np.isfinite(flat).all():
+        raise EdgelmError("snapshot holds NaN or infinite state or logits; it cannot be restored")
     arrays, offset = [], 0
     for n in sizes:
         arrays.append(flat[offset:offset + n])
         offset += n
     states = [a.reshape(1, *s.shape) for a, s in zip(arrays, bundle.state)]
-    return states, arrays[-1], int(header.get("fed", 0)), header.get("sampler")
+    return states, arrays[-1], header["fed"], header["sampler"]

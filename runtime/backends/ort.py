@@ -124,6 +124,12 @@ class OrtBackend(Backend):
     def describe(self) -> str:
         return f"onnxruntime {self._ort.__version__} ({self.providers[0]})"
 
+    def close(self) -> None:
+        """Drop the ONNX Runtime sessions, their bindings and the weights they were given."""
+        self._bindings.clear()
+        self.sessions.clear()
+        self._data.clear()
+
 
 def _io(args) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(a.name, tuple(a.shape), ORT_TYPES.get(a.type, a.type)) for a in args)
