@@ -54,18 +54,7 @@ def compact(path: Path) -> None:
 
     model = onnx.load(str(path))
     g = model.graph
-    first: dict[tuple, str] = {}
-    alias: dict[str, str] = {}
-    keep = []
-    for t in g.initializer:
-        key = (t.data_type, tuple(t.dims), _raw(t))
-        if key in first:
-            alias[t.name] = first[key]
-        else:
-            first[key] = t.name
-            keep.append(t)
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    alias = _merge_initializers(g)
     io = {v.name for v in (*g.input, *g.output)}
     short: dict[str, str] = {}
 
@@ -82,6 +71,23 @@ def compact(path: Path) -> None:
         node.name = ""
     del g.value_info[:]
     onnx.save(model, str(path))
+
+
+def _merge_initializers(g) -> dict[str, str]:
+    """Keep one initializer per distinct (dtype, shape, bytes); returns dropped name -> kept name."""
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    keep = []
+    for t in g.initializer:
+        key = (t.data_type, tuple(t.dims), _raw(t))
+        if key in first:
+            alias[t.name] = first[key]
+        else:
+            first[key] = t.name
+            keep.append(t)
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return alias
 
 
 def _raw(tensor) -> bytes:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ..errors import EdgelmError
 from ..precision import NAMES as PRECISIONS
 from ..vocab import VOCAB
+from .fields import Fields
 
 FORMAT = "edgelm-bundle"
 FORMAT_VERSION = 2  # 2: bundle_id covers the whole manifest; weights in one file; `built`
@@ -222,12 +223,12 @@ def parse_json(data: bytes, where: str) -> dict:
 
 def from_dict(raw: dict, where: str) -> Manifest:
     """A Manifest from parsed JSON, every field's type and range checked (the wrong one named)."""
-    f = _Fields(raw, where)
+    f = Fields(raw, where)
     check_version(f.raw, f.where)
     unknown = sorted(set(raw) - set(_TOP))
     if unknown:
         raise f.error(unknown[0], "is not a field of bundle format 2")
-    state = tuple(_state(_Fields(s, where, f"state[{i}]")) for i, s in enumerate(f.list("state", 1, 4096)))
+    state = tuple(_state(Fields(s, where, f"state[{i}]")) for i, s in enumerate(f.list("state", 1, 4096)))
     _unique([s.name for s in state], f, "state")
     if sum(s.nbytes for s in state) > MAX_STATE_BYTES:
         raise f.error("state", f"adds up to more than {MAX_STATE_BYTES >> 20} MiB per stream")
@@ -242,8 +243,8 @@ def from_dict(raw: dict, where: str) -> Manifest:
     graphs = f.dict("graphs")
     if sorted(graphs) != sorted(GRAPHS):
         raise f.error("graphs", f"must hold exactly {' and '.join(GRAPHS)}")
-    m = dataclasses.replace(m, graphs={g: _graph(_Fields(graphs[g], where, f"graphs.{g}"), g, m) for g in GRAPHS})
-    built = {name: _artifact(_Fields(a, where, f"built.{name}"), name, m)
+    m = dataclasses.replace(m, graphs={g: _graph(Fields(graphs[g], where, f"graphs.{g}"), g, m) for g in GRAPHS})
+    built = {name: _artifact(Fields(a, where, f"built.{name}"), name, m)
              for name, a in f.dict("built").items()}
     return dataclasses.replace(m, built=built)
 
@@ -256,7 +257,7 @@ def check_version(raw: dict, where: str) -> None:
     """Refuse a format this edgelm does not read (newer, older, or not a version at all)."""
     version = raw.get("format_version")
     if type(version) is not int or version < 1:
-        raise _Fields(raw, where).error("format_version", "must be a positive integer")
+        raise Fields(raw, where).error("format_version", "must be a positive integer")
     if version > FORMAT_VERSION:
         raise EdgelmError(f"bundle format {version} is newer than this edgelm reads ({FORMAT_VERSION}); "
                           "upgrade edgelm on this device")
@@ -265,7 +266,7 @@ def check_version(raw: dict, where: str) -> None:
                           f"(this edgelm reads format {FORMAT_VERSION}); re-export the bundle with this edgelm")
 
 
-def _state(f: "_Fields") -> StateTensor:
+def _state(f: "Fields") -> StateTensor:
     f.only(("name", "input", "output", "shape", "dtype"))
     name = f.match("name", _STATE_NAME)
     inp, out = state_io(name)
@@ -276,7 +277,7 @@ def _state(f: "_Fields") -> StateTensor:
     return StateTensor(name, inp, out, shape)
 
 
-def _files(f: "_Fields") -> dict[str, str]:
+def _files(f: "Fields") -> dict[str, str]:
     files = f.dict("files")
     reserved = (MANIFEST, SIGNATURE, *ENGINES.values())
     for name, digest in files.items():
@@ -287,13 +288,13 @@ def _files(f: "_Fields") -> dict[str, str]:
     return files
 
 
-def _target(f: "_Fields") -> dict:
+def _target(f: "Fields") -> dict:
     target = f.dict("target")
-    _Fields(target, f.where, "target").str("name")
+    Fields(target, f.where, "target").str("name")
     return target
 
 
-def _graph(f: "_Fields", graph: str, m: Manifest) -> GraphSpec:
+def _graph(f: "Fields", graph: str, m: Manifest) -> GraphSpec:
     f.only(("file", "chunk", "nodes", "data", "inputs", "outputs"))
     file = f.str("file")
     data = tuple(f.strs("data", 0, 8))
@@ -311,10 +312,10 @@ def _graph(f: "_Fields", graph: str, m: Manifest) -> GraphSpec:
     return spec
 
 
-def _io(f: "_Fields", key: str) -> tuple[TensorSpec, ...]:
+def _io(f: "Fields", key: str) -> tuple[TensorSpec, ...]:
     out = []
     for i, t in enumerate(f.list(key, 1, 4096)):
-        g = _Fields(t, f.where, f"{f.prefix}{key}[{i}]")
+        g = Fields(t, f.where, f"{f.prefix}{key}[{i}]")
         g.only(("name", "shape", "dtype"))
         dims = g.list("shape", 0, 8)
         if not all(d == "batch" or (type(d) is int and 0 < d <= 1 << 20) for d in dims):
@@ -323,7 +324,7 @@ def _io(f: "_Fields", key: str) -> tuple[TensorSpec, ...]:
     return tuple(out)
 
 
-def _artifact(f: "_Fields", name: str, m: Manifest) -> Artifact:
+def _artifact(f: "Fields", name: str, m: Manifest) -> Artifact:
     f.only(("file", "sha256", "bytes", "kind", "graph", "bundle_id", "info"))
     if name not in ENGINES.values() or f.str("file") != name:
         raise f.error("file", f"{name[:80]!r} is not a file edgelm builds on the device")
@@ -331,80 +332,9 @@ def _artifact(f: "_Fields", name: str, m: Manifest) -> Artifact:
                     f.choice("graph", GRAPHS), f.match("bundle_id", _HEX64), f.dict("info"))
 
 
-def _unique(names: list[str], f: "_Fields", key: str) -> None:
+def _unique(names: list[str], f: "Fields", key: str) -> None:
     if len(set(names)) != len(names):
         raise f.error(key, "names a state tensor twice")
-
-
-class _Fields:
-    """Typed access to one JSON object of the manifest; errors name the field's full path."""
-
-    def __init__(self, raw, where: str, prefix: str = ""):
-        self.where, self.prefix = where, f"{prefix}." if prefix else ""
-        if not isinstance(raw, dict):
-            raise EdgelmError(f"{where}: field {prefix or 'manifest'} must be a JSON object; re-export the bundle")
-        self.raw = raw
-
-    def error(self, key, what: str) -> EdgelmError:
-        return EdgelmError(f"{self.where}: field {self.prefix}{key} {what}; re-export the bundle")
-
-    def get(self, key):
-        if key not in self.raw:
-            raise self.error(key, "is missing")
-        return self.raw[key]
-
-    def only(self, keys: tuple) -> None:
-        extra = sorted(set(self.raw) - set(keys))
-        if extra:
-            raise self.error(extra[0], "is not a field of bundle format 2")
-
-    def int(self, key, lo: int, hi: int) -> int:
-        v = self.get(key)
-        if type(v) is not int or not lo <= v <= hi:
-            raise self.error(key, f"must be an integer in {lo}..{hi}, not {str(v)[:40]!r}")
-        return v
-
-    def str(self, key) -> str:
-        v = self.get(key)
-        if not isinstance(v, str) or not v:
-            raise self.error(key, f"must be a non-empty string, not {str(v)[:40]!r}")
-        return v
-
-    def ints(self, key, n_lo: int, n_hi: int, lo: int, hi: int) -> list[int]:
-        v = self.list(key, n_lo, n_hi)
-        if not all(type(x) is int and lo <= x <= hi for x in v):
-            raise self.error(key, f"must hold integers in {lo}..{hi}, not {str(v)[:40]}")
-        return v
-
-    def strs(self, key, n_lo: int, n_hi: int) -> list[str]:
-        v = self.list(key, n_lo, n_hi, default=[])
-        if not all(isinstance(x, str) and x for x in v):
-            raise self.error(key, "must hold non-empty strings")
-        return v
-
-    def match(self, key, pattern: re.Pattern) -> str:
-        v = self.str(key)
-        if not pattern.fullmatch(v):
-            raise self.error(key, f"is malformed: {v[:40]!r}")
-        return v
-
-    def choice(self, key, options) -> str:
-        v = self.str(key)
-        if v not in options:
-            raise self.error(key, f"must be one of {', '.join(options)}, not {v[:40]!r}")
-        return v
-
-    def dict(self, key) -> dict:
-        v = self.get(key)
-        if not isinstance(v, dict):
-            raise self.error(key, f"must be a JSON object, not {type(v).__name__}")
-        return v
-
-    def list(self, key, lo: int, hi: int, default=None) -> list:
-        v = self.raw.get(key, default) if default is not None else self.get(key)
-        if not isinstance(v, list) or not lo <= len(v) <= hi:
-            raise self.error(key, f"must be a list of {lo}..{hi} items")
-        return v
 
 
 def write(directory, manifest: Manifest) -> Manifest:

@@ -1,8 +1,10 @@
-"""Shared fixtures of the runtime tests: one exported tiny random-init bundle per architecture.
+"""Shared fixtures of the runtime tests: one exported bundle per architecture.
 
-Bundles come from `edgelm.export.export_bundle` (target cpu), made once per test session
-under pytest's tmp dir. EDGELM_TEST_BUNDLES=DIR uses prebuilt bundles DIR/{arch} instead
-(e.g. bundles exported elsewhere).
+By default each bundle is exported (target cpu, fp32, with model.pt for the torch backend) from
+the committed trained model models/{arch}-tiny.pt: a trained model's outputs depend on its state,
+so lost state, a wrong prefill or a stale slot shows up in its bytes (a random-init model's barely
+change). seed/tag ask for a random-init model instead. Bundles are made once per test session
+under pytest's tmp dir; EDGELM_TEST_BUNDLES=DIR uses prebuilt bundles DIR/{arch} instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 ARCHS = ["lstm", "gru", "mingru", "mamba", "rglru"]
+MODELS = Path(__file__).resolve().parents[1] / "models"
 _CACHE: dict[str, Path] = {}
 
 
@@ -32,10 +35,11 @@ def export_tiny(arch: str, base: Path, seed: int = 0, tag: str = "") -> Path:
         from edgelm.export import export_bundle
     except ImportError:
         pytest.skip("edgelm.export.export_bundle is not available yet")
-    torch.manual_seed(seed)
-    model = build_model(arch, preset="tiny")
-    model_path = base / f"{key}.pt"
-    save_model(model, model_path)
+    model_path = MODELS / f"{arch}-tiny.pt"
+    if seed or tag:
+        torch.manual_seed(seed)
+        model_path = base / f"{key}.pt"
+        save_model(build_model(arch, preset="tiny"), model_path)
     export_bundle(model_path, "cpu", None, base / key, with_reference=True)  # model.pt: torch backend
     _CACHE[key] = base / key
     return _CACHE[key]

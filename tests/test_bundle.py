@@ -119,11 +119,15 @@ def test_failed_validation_writes_nothing(ckpt, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no bundle, no temporary sibling
 
 
-def test_flipped_byte_is_caught(copy):
-    data = bytearray((copy / "step.onnx").read_bytes())
+@pytest.mark.parametrize("name", ["step.onnx", "prefill.onnx", "weights.bin", "build_engine.sh", "model.pt"])
+def test_flipped_byte_in_any_file_kind_is_caught(copy, name):
+    data = bytearray((copy / name).read_bytes())
     data[len(data) // 2] ^= 0x01
-    (copy / "step.onnx").write_bytes(bytes(data))
-    with pytest.raises(EdgelmError, match="step.onnx is corrupted"):
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(EdgelmError, match=f"{name} is corrupted"):
+        load_bundle(copy)
+    (copy / name).unlink()
+    with pytest.raises(EdgelmError, match=f"{name} is missing"):
         load_bundle(copy)
 
 

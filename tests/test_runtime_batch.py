@@ -20,7 +20,7 @@ def _solo(bundle, prompt: bytes, seed: int, n: int):
 
 def _assert_states_close(a, b, atol=1e-5):
     for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+        np.testing.assert_allclose(x, y, atol=atol, rtol=atol)  # an LSTM's cell state reaches ~100s
 
 
 @pytest.mark.parametrize("arch", ["lstm", "mamba", "rglru"])

@@ -159,8 +159,8 @@ def test_cli_train_bad_input(tmp_path, capsys, case, needles):
 def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
     (tmp_path / "c.txt").write_bytes(TEXT)
 
-    def half_save(obj, f):
-        Path(f).write_bytes(b"PK\x03\x04 partial")
+    def half_save(obj, f):  # save_model hands torch.save an open file
+        f.write(b"PK\x03\x04 partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", half_save)
@@ -215,3 +215,15 @@ def test_real_exit_code_via_subprocess(tmp_path):
                           "--data", str(tmp_path / "none.txt")], capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_weight_bytes_by_hand():
+    """The tiny LSTM's weights counted by hand: 256,256 values in 2,565 rows (one fp32 scale per
+    row of every matrix, one per bias vector, for int8)."""
+    from edgelm.info import weight_bytes
+
+    rows = 256 + 2 * 512 + 2 + 2 * 512 + 2 + 256 + 1  # embed, layer 0, its biases, layer 1, biases, head
+    values = 256 * 32 + 512 * (32 + 128) + 2 * 512 + 512 * (128 + 128) + 2 * 512 + 256 * 128 + 256
+    assert weight_bytes(build_model("lstm", preset="tiny")) == {
+        "fp32": 4 * values, "fp16": 2 * values, "int8": values + 4 * rows}
+    assert values == 256_256 and rows == 2_565
