@@ -33,8 +33,40 @@ def save_model(model: ByteLM, path: str | Path, extra: dict | None = None,
     payload = {"format": FORMAT, "version": VERSION, "arch": model.arch,
                "config": model.config_dict(), "state_dict": state,
                "dtype": str(dtype).replace("torch.", ""), **(extra or {})}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        _save(payload, f)
+
+
+class _Recorder:
+    """A file for torch.save that keeps the OSError of a failed write (disk full, file too large):
+    torch reports it as a RuntimeError without the reason."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        return self._kept(self.f.write, data)
+
+    def flush(self) -> None:
+        self._kept(self.f.flush)
+
+    def _kept(self, op, *args):
+        try:
+            return op(*args)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def _save(payload: dict, f) -> None:
+    """torch.save into the open file `f`; a failed write raises its OSError (atomic_path reports it)."""
+    out = _Recorder(f)
+    try:
+        torch.save(payload, out)
+    except RuntimeError:
+        if out.error is not None:
+            raise out.error from None
+        raise
 
 
 def read_payload(path: str | Path):
@@ -99,14 +131,21 @@ def model_from_payload(payload: dict, where: str) -> ByteLM:
     config = payload.get("config")
     if not isinstance(config, dict):
         raise EdgelmError(f"{where}: 'config' is missing or not a dict; re-save the model")
+    with torch.device("meta"):  # shapes and dtypes only, nothing allocated: a config can be huge
+        shell = _build(arch, config, where)
+    state = check_state_dict(shell, payload.get("state_dict"), where)
+    model = _build(arch, config, where)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _build(arch: str, config: dict, where: str) -> ByteLM:
     try:
-        model = build_model(arch, config)
+        return build_model(arch, config)
     except EdgelmError as exc:
         raise EdgelmError(f"{where}: {exc}") from None
     except (TypeError, ValueError, RuntimeError) as exc:
         raise EdgelmError(f"{where}: invalid {arch} config {config} ({exc})") from None
-    model.load_state_dict(check_state_dict(model, payload.get("state_dict"), where))
-    return model.eval()
 
 
 def load_checkpoint(path: str | Path) -> tuple[ByteLM, dict]:

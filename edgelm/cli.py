@@ -7,6 +7,7 @@ and `edgelm devices` work on a device that has only the core install.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -15,6 +16,7 @@ import typer
 
 from . import __version__
 from .errors import EdgelmError
+from .fileio import write_stdout
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compile and run small byte-level recurrent LMs on edge devices.")
@@ -22,13 +24,18 @@ devices_app = typer.Typer(add_completion=False, help="Device profiles.", invoke_
 app.add_typer(devices_app, name="devices")
 
 
+def _say(text: str) -> None:
+    """Print to stdout; a stdout that cannot be written (closed, a full disk) is a one-line error."""
+    write_stdout(text + "\n")
+
+
 def _emit(result: dict, as_json: bool, text: str) -> None:
-    typer.echo(json.dumps(result, indent=2) if as_json else text)
+    _say(json.dumps(result, indent=2) if as_json else text)
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"edgelm {__version__}")
+        _say(f"edgelm {__version__}")
         raise typer.Exit()
 
 
@@ -52,7 +59,7 @@ def train(corpus: List[Path] = typer.Argument(..., help="Text files to train on.
 
     cfg = TrainConfig(steps=steps, seed=seed, batch_size=batch_size, seq_len=seq_len, lr=lr)
     summary = train_from_files(corpus, arch, preset, output, cfg)
-    typer.echo(f"wrote {output}: {summary['params']:,} params, held-out bpb {summary['val_bpb']:.3f}")
+    _say(f"wrote {output}: {summary['params']:,} params, held-out bpb {summary['val_bpb']:.3f}")
 
 
 @app.command("eval")
@@ -85,8 +92,8 @@ def export(model: Path, target: str = typer.Option("cpu", help="Device profile o
     from .export import export_bundle
 
     m = export_bundle(model, target, precision, output, force=force, with_reference=with_reference)
-    typer.echo(f"wrote {output} for {m.target['name']} ({m.precision}); bundle {m.bundle_id[:12]}, "
-               f"parity ok, max |dlogit| {m.validation['max_abs_logit_diff']:.2e}")
+    _say(f"wrote {output} for {m.target['name']} ({m.precision}); bundle {m.bundle_id[:12]}, "
+         f"parity ok, max |dlogit| {m.validation['max_abs_logit_diff']:.2e}")
 
 
 @app.command()
@@ -95,7 +102,7 @@ def build(bundle: Path) -> None:
     from .export.trt_build import build_engine
 
     for art in build_engine(bundle):
-        typer.echo(f"wrote {bundle / art.file}: {art.bytes:,} bytes ({art.graph} graph)")
+        _say(f"wrote {bundle / art.file}: {art.bytes:,} bytes ({art.graph} graph)")
 
 
 @app.command()
@@ -105,7 +112,7 @@ def keygen(output: Path = typer.Option(..., "-o", "--output", help="Private key 
     from .runtime.signing import keygen as make_keys
 
     key, pub = make_keys(output, force)
-    typer.echo(f"wrote {key} (keep it secret) and {pub} (give it to devices: --trusted-key {pub})")
+    _say(f"wrote {key} (keep it secret) and {pub} (give it to devices: --trusted-key {pub})")
 
 
 @app.command()
@@ -113,7 +120,7 @@ def sign(bundle: Path, key: Path = typer.Option(..., "--key", help="Private key 
     """Sign a bundle: BUNDLE/signature.ed25519 over its bundle_id, which covers every file."""
     from .runtime.bundle import sign_bundle
 
-    typer.echo(f"wrote {sign_bundle(bundle, key)}")
+    _say(f"wrote {sign_bundle(bundle, key)}")
 
 
 @devices_app.callback()
@@ -156,14 +163,38 @@ def run(bundle: Path,
     run_bundle(bundle, opts)
 
 
+def _usage_error(exc: typer.TyperException) -> int:
+    """Click's usage errors (a bad value, an unknown option, a missing argument) as one line."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: click has printed the help
+        return exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    problem = " ".join(exc.format_message().split()).rstrip(".")
+    fix = f"see `{ctx.command_path} --help`" if ctx is not None else "see `edgelm --help`"
+    typer.echo(f"error: {problem}; {fix}", err=True)
+    return exc.exit_code
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C: `finally` blocks remove temporary outputs, then exit 143."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        app()
+        code = app(prog_name="edgelm", standalone_mode=False)  # returns --help's / Ctrl-C's exit code
     except EdgelmError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
+    except typer.TyperException as exc:
+        code = _usage_error(exc)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    except BrokenPipeError:  # the reader left (`| head`): its choice, not an error
+        code = 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

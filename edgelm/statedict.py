@@ -25,6 +25,15 @@ def _check_keys(model: ByteLM, expected: dict, state: dict, where: str) -> None:
                           f"({'; '.join(parts)}); re-save with edgelm.checkpoint.save_model")
 
 
+def _check_dtypes(expected: dict, state: dict, where: str) -> None:
+    """Float weights stored as integers (or bool, complex) would be truncated: refuse them."""
+    bad = [f"{k} ({str(state[k].dtype).replace('torch.', '')})" for k, v in expected.items()
+           if v.is_floating_point() and not state[k].is_floating_point()]
+    if bad:
+        raise EdgelmError(f"{where}: weights {_listed(bad)} are not floating point; re-save the model "
+                          "with float weights (fp32 or fp16)")
+
+
 def _check_shapes(model: ByteLM, expected: dict, state: dict, where: str) -> None:
     bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
            for k, v in expected.items() if state[k].shape != v.shape]
@@ -41,11 +50,13 @@ def _check_finite(state: dict, where: str) -> None:
 
 
 def check_state_dict(model: ByteLM, state: object, where: str) -> dict:
-    """Keys, shapes and finiteness of `state` (any object) against `model`; returns it as fp32 tensors."""
+    """Keys, shapes, dtypes and finiteness of `state` (any object) against `model`; returns it as fp32
+    tensors. `model` may live on the meta device: only its tensors' shapes and dtypes are read."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise EdgelmError(f"{where}: 'state_dict' is not a dict of tensors; re-save the model")
     expected = model.state_dict()
     _check_keys(model, expected, state, where)
     _check_shapes(model, expected, state, where)
+    _check_dtypes(expected, state, where)
     _check_finite(state, where)
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

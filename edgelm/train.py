@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .checkpoint import save_model
 from .errors import EdgelmError
+from .fileio import check_output_file
 from .models import ByteLM, build_model
 
 @dataclass
@@ -195,6 +196,7 @@ def train_from_files(paths: list[str | Path], arch: str, preset: str, output: st
     from .evaluate import bits_per_byte
 
     cfg.validate()
+    check_output_file(output)  # a directory, or a place that cannot be written, fails before training
     torch.manual_seed(cfg.seed)
     model = build_model(arch, preset=preset)  # raises for an unknown arch / preset
     data = read_corpus(paths)

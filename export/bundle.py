@@ -5,7 +5,8 @@
     tmp dir   step.onnx, prefill.onnx -> TensorRT op check -> weights.bin (stored once) -> ORT
               parity -> [model.pt] -> build_engine.sh -> manifest.json (runtime/manifest.py)
     swap      atomic_dir renames the finished directory into place; load_bundle verifies it
-Nothing is written at the destination unless every check passed.
+Nothing is written at the destination unless every check passed; a failed write (a full disk)
+is a one-line error and leaves nothing behind (atomic_dir removes its temporary directory).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .. import __version__
 from .. import precision as precisions
 from ..devices import get_profile
 from ..errors import EdgelmError
-from ..fileio import atomic_dir, atomic_write_text
+from ..fileio import atomic_dir, atomic_write_text, check_writable
 from ..runtime import manifest as fmt
 from ..runtime.bundle import load_bundle, sha256_file
 from ..runtime.manifest import GraphSpec, Manifest, StateTensor, TensorSpec, graph_io, state_io
@@ -34,14 +35,20 @@ MIB = 1 << 20
 ACT_FACTOR = 16  # live activation tensors per position (gates, norms, MLP), a rough upper bound
 
 
-def check_output_dir(out: Path, force: bool) -> None:
+def check_output_dir(out: Path, force: bool) -> Path:
+    """Refuse, before any work, an output the bundle may not or cannot replace; returns the path
+    to write (`out`, or its resolved form where its name is `.` or `..`)."""
+    where = out.resolve()
+    here = Path.cwd().resolve()
+    if where == here or where in here.parents:
+        raise EdgelmError(f"output {out} is the current directory or contains it, which export would "
+                          "replace; choose another --output (or run from another directory)")
     if out.exists() and not out.is_dir():
         raise EdgelmError(f"output {out} is a file; pass a directory path for the bundle")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise EdgelmError(f"output directory {out} is not empty; pass --force to replace it")
-    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if not os.access(parent if parent != out else out.parent, os.W_OK):
-        raise EdgelmError(f"cannot write to {parent}: permission denied; choose another --output")
+    check_writable(out)  # for real: os.access says yes to root on /proc or a read-only mount
+    return out if out.name not in ("", "..") else where
 
 
 def memory_estimate(model: ByteLM, precision: Precision, max_streams: int, chunk: int) -> dict:
@@ -151,7 +158,7 @@ def export_bundle(model_path: str | Path, target: str = "cpu", precision: str | 
     prec = precisions.for_target(profile, precision)
     if not 1 <= chunk <= fmt.MAX_CHUNK:
         raise EdgelmError(f"prefill chunk must be 1..{fmt.MAX_CHUNK} bytes, not {chunk}")
-    check_output_dir(out, force)
+    out = check_output_dir(out, force)
     from ..checkpoint import load_model
 
     model = load_model(model_path)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ..devices import DeviceProfile, get_profile
 from ..errors import EdgelmError
 from ..precision import get as precision_of
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, check_output_file
 from ..runtime import manifest as fmt
 from ..runtime.manifest import Artifact, Manifest, TensorSpec
 
@@ -277,6 +277,8 @@ def build_engine(bundle_dir: str | Path, verbose: bool = False) -> list[Artifact
     from ..runtime.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
+    for name in (*fmt.ENGINES.values(), fmt.TIMING_CACHE, fmt.MANIFEST):  # what the build writes
+        check_output_file(bundle.path / name)
     if not _tensorrt_available():
         raise EdgelmError(f"TensorRT is not installed here; copy {bundle_dir} to the device and run "
                           f"`edgelm build {bundle_dir}` there")

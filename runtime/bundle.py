@@ -116,11 +116,12 @@ def load_bundle(path: str | Path, trusted_keys=None) -> Bundle:
 
 def sign_bundle(path: str | Path, key: str | Path) -> Path:
     """Write BUNDLE/signature.ed25519: an Ed25519 signature over the (verified) bundle_id."""
-    from ..fileio import atomic_write_bytes
+    from ..fileio import atomic_write_bytes, check_output_file
     from .signing import sign
 
     bundle = load_bundle(path)
     out = bundle.path / fmt.SIGNATURE
+    check_output_file(out)
     atomic_write_bytes(out, sign(bundle.bundle_id, key))
     os.chmod(out, 0o644)
     return out

@@ -36,7 +36,7 @@ def _crypto():
 
 def keygen(path: str | Path, force: bool = False) -> tuple[Path, Path]:
     """Write a new Ed25519 key pair: PATH (private, mode 0600) and PATH.pub."""
-    from ..fileio import atomic_write_bytes
+    from ..fileio import atomic_write_bytes, check_writable
 
     serialization, ed25519, _ = _crypto()
     key, pub = Path(path), Path(f"{path}.pub")
@@ -45,6 +45,7 @@ def keygen(path: str | Path, force: bool = False) -> tuple[Path, Path]:
             raise EdgelmError(f"{p} already exists; pass --force to replace it, or choose another -o")
         if p.is_dir():
             raise EdgelmError(f"{p} is a directory; pass a file path with -o")
+    check_writable(key)  # for real, before anything is written: KEY.pub goes beside KEY
     private = ed25519.Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
