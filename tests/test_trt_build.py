@@ -3,10 +3,7 @@ helpers, build_engine.sh, and build_engine's control flow against a fake `tensor
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
-import re
-import shutil
 import subprocess
 import sys
 import types
@@ -22,6 +19,7 @@ from edgelm.export.trt_build import (build_engine, build_engine_script, profile_
 from edgelm.runtime import manifest as fmt
 from edgelm.runtime.bundle import load_bundle
 from edgelm.runtime.manifest import GraphSpec, Manifest, StateTensor, TensorSpec, graph_io, state_io
+from trt_stubs_check import run_mypy as _mypy, trt_stubs  # noqa: F401 - a fixture
 
 REPO = Path(__file__).resolve().parents[1]
 EDGELM = Path(sys.executable).parent / "edgelm"
@@ -32,40 +30,6 @@ CHUNK = 4
 
 
 # ---------------------------------------------------------------- mypy against tensorrt-stubs
-
-# tensorrt-stubs 10.13.0.35.1 as installed is invisible to mypy (its `tensorrt/` has no py.typed, so
-# the plain command passes without checking anything) and its tensorrt_bindings/tensorrt.pyi has
-# five syntax errors. So we copy the stubs, fix those lines, and put the copy on MYPYPATH.
-STUB_FIXES = [(r"\(self(: IPluginV3)?, in: ", r"(self\1, in_: "),
-              (r"channel_axis: int\) -> IScaleLayer", "channel_axis: int = ...) -> IScaleLayer")]
-MYPY_INI = "[mypy]\n[mypy-tensorrt.*]\nignore_errors = True\n[mypy-tensorrt_bindings.*]\nignore_errors = True\n"
-
-
-@pytest.fixture(scope="module")
-def trt_stubs(tmp_path_factory) -> Path:
-    spec = importlib.util.find_spec("tensorrt_stubs")
-    if spec is None or spec.origin is None or importlib.util.find_spec("mypy") is None:
-        pytest.skip("tensorrt-stubs or mypy is not installed (pip install 'edgelm[test]')")
-    site = Path(spec.origin).parent.parent
-    out = tmp_path_factory.mktemp("trt_stubs")
-    for pkg in ("tensorrt", "tensorrt_bindings"):
-        shutil.copytree(site / pkg, out / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    pyi = out / "tensorrt_bindings" / "tensorrt.pyi"
-    text = pyi.read_text()
-    for pattern, repl in STUB_FIXES:
-        text = re.sub(pattern, repl, text)
-    pyi.write_text(text)
-    (out / "mypy.ini").write_text(MYPY_INI)
-    return out
-
-
-def _mypy(stubs: Path, path: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mypy", "--config-file", str(stubs / "mypy.ini"),
-           "--cache-dir", str(stubs / ".mypy_cache"), "--ignore-missing-imports",
-           "--follow-imports=silent", str(path)]
-    env = {"MYPYPATH": str(stubs), "PATH": "/usr/bin:/bin"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
 
 @pytest.mark.parametrize("module", ["export/trt_build.py", "runtime/backends/trt.py"])
 def test_trt_build_typechecks_against_tensorrt_stubs(trt_stubs, module):
@@ -82,6 +46,28 @@ def test_mypy_check_catches_tensorrt_api_typos(trt_stubs, tmp_path):
     (tmp_path / "export" / "trt_build.py").write_text(bad)
     res = _mypy(trt_stubs, tmp_path / "export" / "trt_build.py")
     assert res.returncode == 1 and '"Builder" has no attribute "build_serialised_network"' in res.stdout
+    float_flag = src.replace("ignore_mismatch=False", "ignore_mismatch=0.5", 1)  # bool in the (repaired) stubs
+    assert float_flag != src
+    (tmp_path / "export" / "trt_build.py").write_text(float_flag)
+    res = _mypy(trt_stubs, tmp_path / "export" / "trt_build.py")
+    assert res.returncode == 1 and 'has incompatible type "float"; expected "bool"' in res.stdout
+
+
+def test_trt_standin_typechecks_against_tensorrt_stubs(trt_stubs, tmp_path):
+    """tests/trt_standin.py subclasses the stubs' classes: its methods are checked as overrides, so
+    the stand-in the backend tests run against cannot drift from the TensorRT 10 API."""
+    res = _mypy(trt_stubs, REPO / "tests" / "trt_standin.py")
+    assert res.returncode == 0, res.stdout + res.stderr
+    src = (REPO / "tests" / "trt_standin.py").read_text()
+    for old, new, error in [("def set_tensor_address(self, name: str, memory: int)",
+                             "def set_tensor_address(self, name: str, memory: int, size: int)",
+                             'Signature of "set_tensor_address" incompatible with supertype'),
+                            ("def get_tensor_mode(self, name: str)", "def get_tensor_io_mode(self, name: str)",
+                             'Method "get_tensor_io_mode" is marked as an override, but no base method')]:
+        assert src.count(old) == 1
+        (tmp_path / "trt_standin.py").write_text(src.replace(old, new))
+        res = _mypy(trt_stubs, tmp_path / "trt_standin.py")
+        assert res.returncode == 1 and error in res.stdout, res.stdout
 
 
 # ---------------------------------------------------------------- bundles

@@ -92,7 +92,7 @@ class _Engine:
         self.d_logits = self._alloc(backend.logits.nbytes)
         self.d_in = [self._alloc(b.nbytes) for b in backend.state_in]
         self.d_out = [self._alloc(b.nbytes) for b in backend.state_out]
-        self.graphs: dict[int, object] = {}
+        self.graphs: dict[int, object | None] = {}  # batch -> CUDA graph; None: cannot be captured
 
     def free(self) -> None:
         """Release the device buffers (once; later calls do nothing)."""
@@ -135,17 +135,17 @@ class _Engine:
             return
         if not self.ctx.execute_async_v3(stream):
             raise EdgelmError(f"TensorRT execute_async_v3 failed on the {self.graph} engine; see the TensorRT log")
-        captured = self._capture(stream)
-        if captured is not None:
-            self.graphs[batch] = captured
+        if batch not in self.graphs:  # capture once; an engine that cannot be captured is enqueued directly
+            self.graphs[batch] = self._capture(stream)
 
     def _capture(self, stream: int) -> object | None:
         cudart = self.cudart
         try:
             _ck(cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            self.ctx.execute_async_v3(stream)
-            graph = _ck(cudart.cudaStreamEndCapture(stream))
-            return _ck(cudart.cudaGraphInstantiate(graph, 0))
+            enqueued = self.ctx.execute_async_v3(stream)
+            graph = _ck(cudart.cudaStreamEndCapture(stream))  # ends the capture even if the enqueue failed
+            # an enqueue TensorRT refused captured nothing: replaying that graph would run nothing
+            return _ck(cudart.cudaGraphInstantiate(graph, 0)) if enqueued else None
         except EdgelmError:  # some engines cannot be captured: keep enqueueing directly
             return None
 
@@ -189,3 +189,6 @@ class TrtBackend(Backend):
     def close(self) -> None:
         for eng in self.engines.values():
             eng.free()
+
+
+BACKEND = TrtBackend
