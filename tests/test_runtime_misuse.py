@@ -237,3 +237,14 @@ def test_huge_logits_at_low_temperature(bundle_dir):
             tiny = b"".join(sess.stream(Sampling(temperature=1e-38, seed=3), TEXT).generate(60))
             greedy = b"".join(sess.stream(GREEDY, TEXT).generate(60))
     assert tiny == greedy
+
+
+def test_cli_tiny_temperature_is_the_greedy_output(bundle_dir, capsys):
+    from bundle_tools import cli
+
+    b = bundle_dir("lstm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny = cli(capsys, "run", b, "--prompt", "def ", "--max-bytes", 60, "--seed", 1, "--temperature", "1e-38")
+        greedy = cli(capsys, "run", b, "--prompt", "def ", "--max-bytes", 60, "--temperature", "0")
+    assert tiny[0] == greedy[0] == 0 and tiny[2] == "" and tiny[1] == greedy[1] and "\ufffd" not in tiny[1][:5]
