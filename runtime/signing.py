@@ -66,16 +66,22 @@ def _pem(source, kind: str) -> bytes:
     return p.read_bytes()[:1 << 16]
 
 
+def _load(source, kind: str, load, cls):
+    """A PEM key of class `cls` read by `load`; one line naming the fix for anything else."""
+    try:
+        key = load(_pem(source, kind))
+    except (ValueError, TypeError) as exc:
+        raise EdgelmError(f"{str(source)[:80]} is not a PEM {kind} key ({str(exc)[:80]}); "
+                          "use the files `edgelm keygen` writes (KEY, KEY.pub)") from None
+    if not isinstance(key, cls):
+        raise EdgelmError(f"{str(source)[:80]} is not an Ed25519 {kind} key; use the files `edgelm keygen` writes")
+    return key
+
+
 def load_private_key(source):
     serialization, ed25519, _ = _crypto()
-    try:
-        key = serialization.load_pem_private_key(_pem(source, "private"), password=None)
-    except (ValueError, TypeError) as exc:
-        raise EdgelmError(f"{source} is not an unencrypted PEM private key ({str(exc)[:80]}); "
-                          "make one with `edgelm keygen`") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise EdgelmError(f"{source} is not an Ed25519 key; make one with `edgelm keygen`")
-    return key
+    return _load(source, "private", lambda pem: serialization.load_pem_private_key(pem, password=None),
+                 ed25519.Ed25519PrivateKey)
 
 
 def load_public_key(source):
@@ -83,14 +89,7 @@ def load_public_key(source):
     serialization, ed25519, _ = _crypto()
     if isinstance(source, ed25519.Ed25519PublicKey):
         return source
-    try:
-        key = serialization.load_pem_public_key(_pem(source, "public"))
-    except (ValueError, TypeError) as exc:
-        raise EdgelmError(f"{str(source)[:80]} is not a PEM public key ({str(exc)[:80]}); pass the KEY.pub "
-                          "that `edgelm keygen` wrote") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise EdgelmError(f"{str(source)[:80]} is not an Ed25519 public key; pass the KEY.pub `edgelm keygen` wrote")
-    return key
+    return _load(source, "public", serialization.load_pem_public_key, ed25519.Ed25519PublicKey)
 
 
 def sign(bundle_id: str, key) -> bytes:

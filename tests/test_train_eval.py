@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import edgelm.evaluate as ev
+from bundle_tools import cli
 from edgelm.checkpoint import load_checkpoint, load_model, save_model
-from edgelm.cli import main
 from edgelm.models import ARCHS, build_model
 from edgelm.train import TrainConfig, lr_at, train, train_from_files
 
@@ -28,21 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def cli(capsys, *args):
-    """Run `edgelm ARGS` in-process; returns (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["edgelm", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def small(arch="lstm", seed=0):

@@ -3,7 +3,6 @@ helpers, build_engine.sh, and build_engine's control flow against a fake `tensor
 
 import dataclasses
 import hashlib
-import json
 import subprocess
 import sys
 import types
@@ -18,7 +17,7 @@ from edgelm.export.trt_build import (build_engine, build_engine_script, profile_
                                      workspace_bytes)
 from edgelm.runtime import manifest as fmt
 from edgelm.runtime.bundle import load_bundle
-from edgelm.runtime.manifest import GraphSpec, Manifest, StateTensor, TensorSpec, graph_io, state_io
+from edgelm.runtime.manifest import GraphSpec, Manifest, StateTensor, graph_io, state_io
 from trt_stubs_check import run_mypy as _mypy, trt_stubs  # noqa: F401 - a fixture
 
 REPO = Path(__file__).resolve().parents[1]
