@@ -90,3 +90,18 @@ def test_sampler_state_roundtrip_and_validation():
     for bad in (dict(temperature=-1), dict(top_k=300), dict(top_p=0), dict(seed=-2)):
         with pytest.raises(EdgelmError):
             Sampling(**bad)
+
+
+def test_stop_matcher_emits_at_once_and_reuses_after_flush():
+    m = StopMatcher(b"xyz")  # a single stop sequence, not a list
+    assert m.stops == [b"xyz"]
+    assert m.push(ord("a")) == b"a"  # no prefix of a stop: emitted immediately
+    assert m.push(ord("x")) == b"" and m.flush() == b"x"
+    assert m.push(ord("b")) == b"b"  # nothing left over from before the flush
+    assert StopMatcher().push(ord("q")) == b"q" and StopMatcher([]).stops == []
+    with pytest.raises(Exception, match="^stop must be bytes, str or a list of them, not int"):
+        StopMatcher(5)
+    with pytest.raises(Exception, match="^each stop sequence must be bytes"):
+        StopMatcher([5])
+    done = StopMatcher([b"ab"])
+    assert done.push(ord("a")) == b"" and done.push(ord("b")) == b"" and done.stopped is True

@@ -107,3 +107,52 @@ def test_empirical_frequencies_follow_the_reference():
     big = expected > 50
     chi2 = float((((counts - expected) ** 2)[big] / expected[big]).sum())
     assert chi2 < 3 * big.sum()  # generous: a wrong distribution gives thousands
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p():
+    """Four equally likely bytes (0.25 each) and top_p 0.5: exactly two are kept, by byte order."""
+    logits = np.full(256, -1e4, np.float32)
+    logits[[5, 6, 7, 8]] = 0.0
+    p = reference_probs(logits, 1.0, 0, 0.5)
+    assert set(np.flatnonzero(p)) == {5, 6}
+    solo = Sampler(Sampling(temperature=1.0, top_p=0.5, seed=0))
+    assert {solo.sample(logits) for _ in range(200)} == {5, 6}
+    out, rows = np.zeros(3, np.int64), np.stack([logits] * 3)
+    got = set()
+    samplers = [Sampler(Sampling(temperature=1.0, top_p=0.5, seed=i)) for i in range(3)]
+    for _ in range(100):
+        BatchSampler(3).sample(rows, samplers, out)
+        got |= set(out.tolist())
+    assert got == {5, 6}
+
+
+def test_a_group_of_one_in_a_mixed_batch():
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal((3, 256)) * 2).astype(np.float32)
+    mixed = [Sampling(temperature=0.7, seed=0), Sampling(temperature=0.7, seed=1), Sampling(temperature=1.3, seed=2)]
+    samplers, solo = [Sampler(s) for s in mixed], [Sampler(s) for s in mixed]
+    out = np.zeros(3, np.int64)
+    for _ in range(30):
+        BatchSampler(3).sample(logits, samplers, out)
+        assert out.tolist() == [s.sample(row) for s, row in zip(solo, logits)]
+
+
+@pytest.mark.parametrize("kw,name", [(dict(top_k=257), "top_k"), (dict(top_k=-1), "top_k"),
+                                     (dict(top_p=1.5), "top_p"), (dict(top_p=0.0), "top_p"),
+                                     (dict(temperature=2e6), "temperature"), (dict(temperature=-0.1), "temperature"),
+                                     (dict(seed=-1), "seed"), (dict(seed="1"), "seed")])
+def test_sampling_ranges_name_the_parameter(kw, name):
+    from edgelm.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=f"^{name} .*must be"):
+        Sampling(**kw)
+    assert Sampling(top_k=256, top_p=1.0, temperature=0.0, seed=0).greedy
+
+
+def test_sampler_state_errors_say_what_is_wrong():
+    from edgelm.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"^sampler state is invalid \(.*seed"):
+        Sampler.from_state({"sampling": {"seed": "x"}, "rng": {}})
+    with pytest.raises(ArgumentError, match=r"^sampler state is invalid \('rng'\)"):
+        Sampler.from_state({"sampling": {}})
