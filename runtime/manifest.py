@@ -41,6 +41,7 @@ MAX_MANIFEST_BYTES = 4 << 20
 MAX_STREAMS = 1 << 16
 MAX_CHUNK = 256
 MAX_STATE_BYTES = 1 << 30  # per stream
+MAX_STATE_TENSORS = 4096
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # one path component of a bundle file
 _STATE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,3}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -228,7 +229,7 @@ def from_dict(raw: dict, where: str) -> Manifest:
     unknown = sorted(set(raw) - set(_TOP))
     if unknown:
         raise f.error(unknown[0], "is not a field of bundle format 2")
-    state = tuple(_state(Fields(s, where, f"state[{i}]")) for i, s in enumerate(f.list("state", 1, 4096)))
+    state = tuple(_state(Fields(s, where, f"state[{i}]")) for i, s in enumerate(f.list("state", 1, MAX_STATE_TENSORS)))
     _unique([s.name for s in state], f, "state")
     if sum(s.nbytes for s in state) > MAX_STATE_BYTES:
         raise f.error("state", f"adds up to more than {MAX_STATE_BYTES >> 20} MiB per stream")
@@ -311,7 +312,7 @@ def _graph(f: "Fields", graph: str, m: Manifest) -> GraphSpec:
 def _io(f: "Fields", key: str) -> tuple[TensorSpec, ...]:
     """A graph's inputs or outputs as written; `_graph` compares them with what the state implies."""
     out = []
-    for i, t in enumerate(f.list(key, 1, 4096)):
+    for i, t in enumerate(f.list(key, 1, MAX_STATE_TENSORS + 1)):  # byte_ids/logits + the state
         g = Fields(t, f.where, f"{f.prefix}{key}[{i}]")
         g.only(("name", "shape", "dtype"))
         out.append(TensorSpec(g.str("name"), tuple(g.list("shape", 0, 8)), g.str("dtype")))
