@@ -98,10 +98,14 @@ class Stream:
     # -- state -------------------------------------------------------------------------
     @property
     def state(self) -> list[np.ndarray]:
+        """Copies of the state tensors, (1, *shape) each."""
+        self.check_open()
         return self.session.read_slot(self.slot)[0]
 
     @property
     def logits(self) -> np.ndarray:
+        """A copy of the next-byte logits (256,)."""
+        self.check_open()
         return self.session.read_slot(self.slot)[1]
 
     def snapshot(self) -> bytes:

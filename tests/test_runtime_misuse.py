@@ -77,7 +77,8 @@ def test_closed_stream_is_refused(bundle_dir):
         s = sess.stream()
         s.close()
         s.close()
-        for call in (lambda: s.feed(b"x"), lambda: next(s.generate(1)), s.snapshot, lambda: s.fed):
+        for call in (lambda: s.feed(b"x"), lambda: next(s.generate(1)), s.snapshot, lambda: s.fed,
+                     lambda: s.state, lambda: s.logits, lambda: s.reset(), lambda: s.restore(b"")):
             with pytest.raises(EdgelmError, match="stream is closed"):
                 call()
         with pytest.raises(EdgelmError, match="stream is closed"):
