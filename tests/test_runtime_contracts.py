@@ -128,3 +128,17 @@ def test_session_errors_are_exact(bundle_dir):
     with Session.open(bundle_dir("gru")) as sess:
         with pytest.raises(ValueError, match="^step byte ids of shape \\(2,\\) for 1 streams$"):
             sess.run("step", (0,), np.zeros(2, np.int64))
+
+
+def test_snapshot_size_bounds(bundle_dir):
+    """The smallest frame: 14-byte head + 32-byte digest. Anything shorter is refused as such."""
+    with Session.open(bundle_dir("gru")) as sess:
+        s = sess.stream(GREEDY, b"abc")
+        too_short = "^not an edgelm stream snapshot \\(bad magic or too short\\)$"
+        for n in (0, 8, 45):
+            with pytest.raises(EdgelmError, match=too_short):
+                s.restore(s.snapshot()[:n])
+        head = MAGIC + struct.pack("<HI", 1, 0)
+        empty = head + hashlib.sha256(head).digest()  # 46 bytes, valid frame, empty header
+        with pytest.raises(EdgelmError, match="^snapshot header is unreadable \\(Expecting value"):
+            s.restore(empty)

@@ -180,6 +180,7 @@ def test_session_open_arguments(bundle_dir, kw, name):
 
 # -- hand-made snapshots with a valid checksum ---------------------------------------------------
 def _forge(blob: bytes, header=None, payload=None) -> bytes:
+    """A snapshot with another header or payload and a valid checksum (as a hand-made one would be)."""
     magic, version, hlen = struct.unpack("<8sHI", blob[:14])
     old_header, body = blob[14:14 + hlen], blob[14 + hlen:-32]
     head = json.dumps(header).encode() if header is not None else old_header
@@ -193,14 +194,21 @@ def test_hand_made_snapshots_are_refused(bundle_dir):
         blob, before = s.snapshot(), s.state
         hlen = struct.unpack("<I", blob[10:14])[0]
         header, payload_len = json.loads(blob[14:14 + hlen]), len(blob) - 14 - hlen - 32
-        cases = [(_forge(blob, header=[1, 2]), "header is malformed"),
-                 (_forge(blob, header={**header, "fed": "abc"}), "fed must be a byte count"),
-                 (_forge(blob, header={**header, "fed": -1}), "fed must be a byte count"),
-                 (_forge(blob, header={**header, "sampler": {"sampling": {"seed": "x"}}}), "sampler"),
-                 (_forge(blob, header={**header, "sampler": 5}), "sampler"),
-                 (_forge(blob, header={**header, "extra": 1}), "header is malformed"),
-                 (_forge(blob, payload=np.full(payload_len // 4, np.nan, "<f4").tobytes()), "NaN or infinite"),
-                 (_forge(blob, payload=np.full(payload_len // 4, np.inf, "<f4").tobytes()), "NaN or infinite")]
+        malformed = r"^snapshot header is malformed \(not the fields edgelm writes\); it cannot be restored$"
+        nonfinite = r"^snapshot holds NaN or infinite state or logits; it cannot be restored$"
+        cases = [(_forge(blob, header=[1, 2]), malformed),
+                 (_forge(blob, header={**header, "fed": "abc"}), r"^snapshot header field fed must be a byte count, not 'abc'$"),
+                 (_forge(blob, header={**header, "fed": -1}), r"^snapshot header field fed must be a byte count, not '-1'$"),
+                 (_forge(blob, header={**header, "sampler": {"sampling": {"seed": "x"}}}),
+                  r"^snapshot sampler state is invalid \(seed must be an integer.*; it cannot be restored$"),
+                 (_forge(blob, header={**header, "sampler": 5}),
+                  r"^snapshot header field sampler is malformed; it cannot be restored$"),
+                 (_forge(blob, header={**header, "extra": 1}), malformed),
+                 (_forge(blob, header={**header, "state": []}),
+                  r"^snapshot state layout does not match this bundle's; it cannot be restored$"),
+                 (_forge(blob, payload=b"\0" * 8), r"^snapshot payload has the wrong size; it cannot be restored$"),
+                 (_forge(blob, payload=np.full(payload_len // 4, np.nan, "<f4").tobytes()), nonfinite),
+                 (_forge(blob, payload=np.full(payload_len // 4, np.inf, "<f4").tobytes()), nonfinite)]
         assert len(_forge(blob)) == len(blob) and _forge(blob) == blob
         for bad, match in cases:
             with pytest.raises(EdgelmError, match=match):
