@@ -196,3 +196,9 @@ def test_safe_names():
         assert fmt.is_safe_name(ok), ok
     for bad in ("", "..", ".", "a/..", "../x", "/etc/x", "a//b", ".hidden", "a\\b", "x" * 256, 5, None, "a/./b"):
         assert not fmt.is_safe_name(bad), bad
+
+
+def test_a_graph_without_external_data_reads():
+    raw = _set(_set(manifest().to_dict(), "graphs.step.data", []), "graphs.prefill.data", _DELETE)
+    m = read(raw)
+    assert m.graphs["step"].data == () == m.graphs["prefill"].data
