@@ -298,3 +298,67 @@ def test_cli_run_refuses_with_one_line(b, capsys, edit, reseal, match):
     edit_manifest(b, edit, reseal=reseal)
     code, out, err = cli(capsys, "run", b, "--max-bytes", 3)
     assert one_line_error(code, err, match) and out == "", err
+
+
+# -- every refusal, word for word -----------------------------------------------------------
+def _exact(bundle: Path, message: str, **kw) -> None:
+    with pytest.raises(EdgelmError) as exc:
+        load_bundle(bundle, **kw)
+    assert str(exc.value) == message.format(b=bundle.resolve() if "{b}" in message else bundle)
+
+
+def test_load_refusals_word_for_word(b, tmp_path):
+    _exact(tmp_path / "none", f"bundle {tmp_path / 'none'} does not exist or is not a directory; "
+                              "create one with `edgelm export`")
+    (tmp_path / "empty").mkdir()
+    _exact(tmp_path / "empty", f"{tmp_path / 'empty'} has no manifest.json: not an edgelm bundle; "
+                               "create one with `edgelm export`")
+    data = (b / "weights.bin").read_bytes()
+    (b / "weights.bin").write_bytes(data[:-1])
+    _exact(b, "bundle file {b}/weights.bin is corrupted or truncated (its sha256 is not the one the manifest "
+              "lists); copy or re-export the bundle")
+    (b / "weights.bin").unlink()
+    _exact(b, "bundle file {b}/weights.bin is missing; copy the whole bundle directory again")
+    os.symlink("/etc/hostname", b / "weights.bin")
+    _exact(b, "bundle file {b}/weights.bin is a link that leads out of the bundle; replace it with the "
+              "file itself (copy the bundle with `cp -rL`)")
+    (b / "weights.bin").unlink()
+    os.mkfifo(b / "weights.bin")
+    _exact(b, "bundle file {b}/weights.bin is not a regular file; copy the whole bundle again")
+
+
+def test_manifest_refusals_word_for_word(b):
+    edit_manifest(b, lambda m: m.update(max_streams=9), reseal=False)
+    _exact(b, f"{b}/manifest.json was changed after export (its bundle_id does not match its content); "
+              "restore the original bundle or re-export it")
+    edit_manifest(b, lambda m: m["files"].update({"../x": "0" * 64}), reseal=True)
+    _exact(b, f"{b}/manifest.json: field files lists '../x', which is not a plain file name inside the bundle; "
+              "re-export the bundle")
+    (b / "manifest.json").write_bytes(b"{" * (fmt.MAX_MANIFEST_BYTES + 1))
+    _exact(b, "{b}/manifest.json is larger than any edgelm manifest (4,194,304 bytes); it is not from edgelm: "
+              "re-export the bundle")
+
+
+def test_signature_refusals_word_for_word(b, tmp_path):
+    pytest.importorskip("cryptography")
+    from edgelm.runtime.signing import keygen
+
+    _, pub = keygen(tmp_path / "k")
+    _exact(b, "bundle {b} is not signed (signature.ed25519 is missing) but a trusted key is required; "
+              "sign it with `edgelm sign {b} --key KEY`", trusted_keys=[pub])
+    assert (b / "signature.ed25519").exists() is False
+
+
+def test_unlisted_and_foreign_engines_word_for_word(b):
+    loaded = load_bundle(b)
+    with pytest.raises(EdgelmError) as exc:
+        loaded.read("engine.plan")
+    assert str(exc.value) == f"bundle {loaded.path} does not list engine.plan; re-export it"
+    arts = _build(b, bundle_id="0" * 64)
+    with pytest.raises(EdgelmError) as exc:
+        load_bundle(b).read_artifact(arts[0])
+    assert str(exc.value) == (f"engine.plan was built from another bundle (000000000000...); "
+                              f"run `edgelm build {loaded.path}` again on this device")
+    assert load_bundle(b).artifact("prefill").file == "engine.prefill.plan"
+    (b / "engine.prefill.plan").unlink()
+    assert load_bundle(b).artifact("prefill") is None  # recorded but not there: no engine to use
