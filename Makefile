@@ -10,7 +10,7 @@ DEMO_MODEL ?= models/mamba-tiny.pt
 HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean mutate mutate-report
 
 install: $(VENV)/.installed
 
@@ -26,11 +26,33 @@ demo: install
 	$(EDGELM) info $(DEMO_MODEL)
 	$(EDGELM) eval $(DEMO_MODEL) --data $(HELDOUT)
 	$(EDGELM) export $(DEMO_MODEL) --target cpu -o $(DEMO_OUT)/bundle-cpu --force
-	$(EDGELM) run $(DEMO_OUT)/bundle-cpu --prompt "def " --max-bytes 300 --seed 0 --temperature 0.8
+	$(EDGELM) keygen -o $(DEMO_OUT)/demo-key --force
+	$(EDGELM) sign $(DEMO_OUT)/bundle-cpu --key $(DEMO_OUT)/demo-key
+	$(EDGELM) run $(DEMO_OUT)/bundle-cpu --prompt "def " --max-bytes 300 --seed 0 --temperature 0.8 \
+		--trusted-key $(DEMO_OUT)/demo-key.pub
 	@echo
 
 test: install
 	$(PY) -m pytest -q
+
+# Mutation testing (not part of `make test` or CI: hours on 2 cores). Builds build/mutate/<group>/
+# workspaces and writes bench/results/mutation.json; see bench/mutation.py. MUTATE_MODULES picks
+# modules (e.g. MUTATE_MODULES="runtime/sampling.py runtime/snapshot.py"), MUTATE_ARGS=--resume
+# continues an interrupted run.
+MUTMUT_VERSION := 3.8.1
+MUTATE_MODULES ?=
+MUTATE_JOBS ?= 2
+MUTATE_ARGS ?=
+
+$(VENV)/.mutmut-$(MUTMUT_VERSION): $(VENV)/.installed
+	$(PY) -m pip install -q mutmut==$(MUTMUT_VERSION)
+	touch $@
+
+mutate: $(VENV)/.mutmut-$(MUTMUT_VERSION)
+	nice $(PY) bench/mutation.py run --jobs $(MUTATE_JOBS) $(MUTATE_ARGS) $(MUTATE_MODULES)
+
+mutate-report: $(VENV)/.mutmut-$(MUTMUT_VERSION)
+	$(PY) bench/mutation.py report
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

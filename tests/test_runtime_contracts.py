@@ -142,3 +142,17 @@ def test_snapshot_size_bounds(bundle_dir):
         empty = head + hashlib.sha256(head).digest()  # 46 bytes, valid frame, empty header
         with pytest.raises(EdgelmError, match="^snapshot header is unreadable \\(Expecting value"):
             s.restore(empty)
+
+
+def test_a_snapshot_without_sampler_state_restores(bundle_dir):
+    with Session.open(bundle_dir("gru")) as sess:
+        s = sess.stream(Sampling(seed=9, temperature=0.8), b"abc")
+        blob = s.snapshot()
+        hlen = struct.unpack("<I", blob[10:14])[0]
+        header = {**json.loads(blob[14:14 + hlen]), "sampler": None}
+        head = json.dumps(header, separators=(",", ":")).encode()
+        body = MAGIC + struct.pack("<HI", 1, len(head)) + head + blob[14 + hlen:-32]
+        r = sess.restore(body + hashlib.sha256(body).digest())
+        assert r.fed == 3 and r.sampler.sampling == Sampling()  # the stream's own default sampler
+        for got, want in zip(r.state, s.state):
+            assert np.array_equal(got, want)

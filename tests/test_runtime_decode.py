@@ -105,3 +105,4 @@ def test_stop_matcher_emits_at_once_and_reuses_after_flush():
         StopMatcher([5])
     done = StopMatcher([b"ab"])
     assert done.push(ord("a")) == b"" and done.push(ord("b")) == b"" and done.stopped is True
+    assert done.flush() == b"" and done.flush() == b""  # nothing held after a stop, nor twice

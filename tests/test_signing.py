@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 
 from bundle_tools import cli, copy_bundle, edit_manifest, one_line_error
+from runtime_fixtures import bundle_dir  # noqa: F401
 from edgelm.errors import EdgelmError
-from edgelm.export import export_bundle
 from edgelm.runtime import GREEDY, Session, load_bundle, sign_bundle
 from edgelm.runtime.signing import keygen, message
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +26,8 @@ def keys(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def signed(keys, tmp_path_factory):
-    out = tmp_path_factory.mktemp("signed") / "b"
-    export_bundle(MODELS / "gru-tiny.pt", "cpu", None, out, chunk=8)
+def signed(keys, bundle_dir, tmp_path_factory):
+    out = copy_bundle(bundle_dir("gru"), tmp_path_factory.mktemp("signed") / "b")
     sign_bundle(out, keys["a"][0])
     return out
 
