@@ -317,8 +317,12 @@ def report() -> None:
                         "killed", "survived", "no tests", "timeout", "not checked")}, "group": group}
         finally:
             os.chdir(here)
+    for name, m in modules.items():  # survivors explained as equivalent cannot be killed by any test
+        m["equivalent"] = sum(1 for s in survivors if s["module"] == name and s["explanation"].startswith("EQUIVALENT"))
+        m["score_excluding_equivalent"] = round(m["killed"] / (m["total"] - m["equivalent"]), 4) if m["total"] else None
     killed = sum(m["killed"] for m in modules.values())
     total = sum(m["total"] for m in modules.values())
+    equivalent = sum(m["equivalent"] for m in modules.values())
     wanted = [m for mods, _, _ in GROUPS.values() for m in mods]
     not_run = _count_not_run(wanted, modules)
     # projection: each module's untested mutants x the wall seconds per mutant of its group's run (else overall)
@@ -332,6 +336,8 @@ def report() -> None:
         "score": round(killed / total, 4) if total else None,
         "killed": killed, "total": total,
         "score_definition": "(killed + timeout) / mutants tested; survived and 'no tests' count against it",
+        "equivalent": equivalent,
+        "score_excluding_equivalent": round(killed / (total - equivalent), 4) if total else None,
         "complete": all(any(fnmatch.fnmatch(m, p) for m in modules) for p in wanted),
         "modules": dict(sorted(modules.items())),
         "survivors": sorted(survivors, key=lambda s: (s["module"], s["line"] or 0, s["mutant"])),
@@ -352,7 +358,7 @@ def report() -> None:
     print(f"score {result['score']} ({killed}/{total}) over {len(modules)} modules, "
           f"{len(survivors)} survivors -> {OUT.relative_to(ROOT)}")
     for name, m in result["modules"].items():
-        print(f"  {name:28s} {m['score']}  {m['killed']}/{m['total']}")
+        print(f"  {name:28s} {m['score']}  {m['killed']}/{m['total']}  ({m['equivalent']} equivalent)")
 
 
 def main() -> None:

@@ -156,3 +156,33 @@ def test_sampler_state_errors_say_what_is_wrong():
         Sampler.from_state({"sampling": {"seed": "x"}, "rng": {}})
     with pytest.raises(ArgumentError, match=r"^sampler state is invalid \('rng'\)"):
         Sampler.from_state({"sampling": {}})
+
+
+class _FixedUniform:
+    """A generator whose every draw is u: puts a draw exactly on a cumulative-mass boundary."""
+
+    def __init__(self, u: float):
+        self.u = u
+
+    def random(self) -> float:
+        return self.u
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_a_draw_on_a_boundary_takes_the_next_byte(temperature):
+    """Two equal maxima and nothing else: cumulative masses [1, 2, 2, ...]; u = 0.5 lands exactly
+    on the first byte's upper edge, which belongs to the next byte (inverse CDF: the first byte
+    whose cumulative mass exceeds u * total), solo and batched alike."""
+    logits = np.full(256, -1e4, np.float32)
+    logits[[65, 66]] = 3.0
+    assert reference_byte(reference_probs(logits.astype(np.float64), temperature, 0, 1.0), 0.5) == 66
+    solo = Sampler(Sampling(temperature=temperature, seed=0))
+    solo.rng = _FixedUniform(0.5)
+    assert solo.sample(logits) == 66
+    batch = Sampler(Sampling(temperature=temperature, seed=0))
+    batch.rng = _FixedUniform(0.5)
+    out = np.zeros(1, np.int64)
+    BatchSampler(1).sample(logits[None], [batch], out)
+    assert out[0] == 66
+    solo.rng = _FixedUniform(0.0)  # the lowest draw takes the first byte with mass
+    assert solo.sample(logits) == 65
