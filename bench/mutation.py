@@ -1,6 +1,7 @@
 """Mutation testing (mutmut) of the modules everything rests on; `make mutate` runs it.
 
-    python bench/mutation.py run [--jobs N] [--resume] [MODULE ...]   # MODULE: runtime/sampling.py, export/fused/*.py
+    python bench/mutation.py run [--jobs N] [--resume [--retest-survivors]] [MODULE ...]
+                                                 # MODULE: runtime/sampling.py, export/fused/*.py
     python bench/mutation.py report                                    # re-read results, rewrite the JSON
 
 mutmut needs the package laid out as installed, but this repo maps runtime/, export/ and devices/
@@ -158,8 +159,11 @@ def export_bundles(ws: Path) -> None:
     out = WORK / "bundles"
     shutil.rmtree(out, ignore_errors=True)
     code = ("import sys; from pathlib import Path; from edgelm.export import export_bundle\n"
-            "for a in sys.argv[2:]: export_bundle(Path(sys.argv[1]) / 'models' / f'{a}-tiny.pt', 'cpu', None, "
-            f"Path({str(out)!r}) / a, with_reference=True)")
+            "for a in sys.argv[2:]:\n"
+            "    export_bundle(Path(sys.argv[1]) / 'models' / f'{a}-tiny.pt', 'cpu', None, "
+            f"Path({str(out)!r}) / a, with_reference=True)\n"
+            "    export_bundle(Path(sys.argv[1]) / 'models' / f'{a}-tiny.pt', 'cpu', 'fp16', "
+            f"Path({str(out)!r}) / f'{{a}}-fp16', chunk=8)  # as tests/test_parity.py's fp16_bundles")
     env = dict(_env(ws, False), PYTHONPATH=os.pathsep.join([str(ws / "site"), str(ws / "src")]))
     subprocess.run([sys.executable, "-c", code, str(ws), *ARCHS], env=env, cwd=ws, check=True)
 
@@ -186,6 +190,8 @@ def run(args) -> None:
         if GROUPS[group][2] and not exported:
             export_bundles(ws)
             exported = True
+        if args.retest_survivors:
+            print(f"== {group}: {retest_survivors(ws)} survivors to test again", flush=True)
         cmd = [str(mutmut), "run", "--max-children", str(args.jobs)]
         print(f"== {group}: {' '.join(cmd)} (in {ws})", flush=True)
         rc = None
@@ -201,6 +207,24 @@ def run(args) -> None:
         if rc != 0:
             sys.exit(f"mutmut stopped with exit code {rc} in {ws}; MUTATE_ARGS=--resume continues")
     report()
+
+
+def retest_survivors(ws: Path) -> int:
+    """Forget the verdict of every surviving mutant in ws, so the next run tests it again.
+
+    mutmut keeps a verdict until the mutated function's source changes; new tests do not reset
+    it. Exit codes: 0 survived, 5/33 no tests (mutmut.stats.status_by_exit_code)."""
+    count = 0
+    for meta in (ws / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        stale = [k for k, code in codes.items() if code in (0, 5, 33)]
+        for key in stale:
+            codes[key] = None
+        if stale:
+            meta.write_text(json.dumps(data, indent=4))
+        count += len(stale)
+    return count
 
 
 def _matches_any(mods, patterns) -> bool:
@@ -368,6 +392,8 @@ def main() -> None:
     r.add_argument("modules", nargs="*", help="only these modules (default: all of GROUPS)")
     r.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     r.add_argument("--resume", action="store_true", help="keep the workspace and mutmut's results so far")
+    r.add_argument("--retest-survivors", action="store_true",
+                   help="with --resume: test the surviving mutants again (after new tests)")
     sub.add_parser("report")
     args = ap.parse_args()
     run(args) if args.cmd == "run" else report()

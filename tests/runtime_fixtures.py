@@ -19,13 +19,18 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 _CACHE: dict[str, Path] = {}
 
 
+def prebuilt(key: str) -> Path | None:
+    """EDGELM_TEST_BUNDLES/key when that prebuilt bundle exists (bench/mutation.py makes them)."""
+    root = os.environ.get("EDGELM_TEST_BUNDLES")
+    return Path(root) / key if root and (Path(root) / key).is_dir() else None
+
+
 def export_tiny(arch: str, base: Path, seed: int = 0, tag: str = "") -> Path:
     key = f"{arch}{tag}"
     if key in _CACHE:
         return _CACHE[key]
-    prebuilt = os.environ.get("EDGELM_TEST_BUNDLES")
-    if prebuilt and (Path(prebuilt) / key).is_dir():
-        _CACHE[key] = Path(prebuilt) / key
+    if prebuilt(key):
+        _CACHE[key] = prebuilt(key)
         return _CACHE[key]
     torch = pytest.importorskip("torch")
     from edgelm.checkpoint import save_model

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from runtime_fixtures import ARCHS, MODELS, bundle_dir  # noqa: F401
+from runtime_fixtures import ARCHS, MODELS, bundle_dir, prebuilt  # noqa: F401
 from edgelm.checkpoint import load_model
 from edgelm.export import export_bundle
 from edgelm.export.validate import STEPS, text_streams
@@ -48,7 +48,9 @@ def fp16_bundles(tmp_path_factory):
     root, cache = tmp_path_factory.mktemp("fp16"), {}
 
     def get(arch):
-        if arch not in cache:
+        if arch not in cache and prebuilt(f"{arch}-fp16"):
+            cache[arch] = prebuilt(f"{arch}-fp16")
+        elif arch not in cache:
             cache[arch] = root / arch
             export_bundle(MODELS / f"{arch}-tiny.pt", "cpu", "fp16", cache[arch], chunk=8)  # fast to export
         return cache[arch]
