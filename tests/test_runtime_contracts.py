@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from runtime_fixtures import bundle_dir  # noqa: F401
-from edgelm.errors import EdgelmError
+from edgelm.errors import ArgumentError, EdgelmError
 from edgelm.runtime import GREEDY, Sampling, Session
 from edgelm.runtime.snapshot import MAGIC, SNAPSHOT_VERSION
 
@@ -156,3 +156,23 @@ def test_a_snapshot_without_sampler_state_restores(bundle_dir):
         assert r.fed == 3 and r.sampler.sampling == Sampling()  # the stream's own default sampler
         for got, want in zip(r.state, s.state):
             assert np.array_equal(got, want)
+
+
+def test_sampling_given_to_generate_or_the_scheduler_replaces_the_streams(bundle_dir):
+    """generate(sampling=...) and scheduler.add(sampling=...) give the bytes of a stream opened
+    with that sampling; set_sampling refuses anything but a Sampling."""
+    hot = Sampling(temperature=1.3, seed=11)
+    with Session.open(bundle_dir("gru"), max_streams=4) as sess:
+        want = b"".join(sess.stream(hot, b"The ").generate(40))
+        greedy = b"".join(sess.stream(GREEDY, b"The ").generate(40))
+        s = sess.stream(GREEDY, b"The ")
+        assert b"".join(s.generate(40, sampling=hot)) == want != greedy
+        assert s.sampler.sampling == hot
+        t = sess.stream(GREEDY, b"The ")
+        sched = sess.scheduler()
+        sched.add(t, 40, sampling=hot)
+        assert b"".join(d for _, d in sched.run()) == want and t.sampler.sampling == hot
+        for bad in (None, "hot", 1.3, {"temperature": 1.3}):
+            with pytest.raises(ArgumentError, match="sampling must be a Sampling"):
+                t.set_sampling(bad)
+        assert t.sampler.sampling == hot
