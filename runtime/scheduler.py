@@ -72,7 +72,7 @@ class Scheduler:
             ids = self._ids[:batch]
             logits = np.take(self.session.logits_pool, self._rows, axis=0, out=self._logits[:batch])
             self._sampler.sample(logits, [job.stream.sampler for job in jobs], ids)
-            self.session.run("step", self._slots, ids)
+            self.session.run(self._slots, ids)
         out = [(job.stream, job.accept(b)) for job, b in zip(jobs, ids.tolist())]
         if any(job.done for job in jobs):
             self.jobs = [j for j in self.jobs if not j.done]

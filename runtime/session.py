@@ -212,22 +212,23 @@ class Session:
             np.take(p, idx, axis=0, out=view)
         self._resident, self._resident_idx = slots, idx
 
-    def run(self, graph: str, slots: tuple[int, ...], byte_ids: np.ndarray) -> np.ndarray:
-        """Advance streams `slots` by one step (ids (B,)) or one prefill chunk (ids (B, C)).
+    def run(self, slots: tuple[int, ...], byte_ids: np.ndarray) -> np.ndarray:
+        """Advance streams `slots` by one step (ids (B,)) or one prefill chunk (ids (B, chunk)).
         Returns the (B, 256) logits, a view valid until the next call (also copied to the pool)."""
-        if byte_ids.ndim != (2 if graph == "prefill" else 1) or byte_ids.shape[0] != len(slots):
-            raise ValueError(f"{graph} byte ids of shape {byte_ids.shape} for {len(slots)} streams")
+        if byte_ids.shape not in ((len(slots),), (len(slots), self.bundle.prefill_chunk)):
+            raise ValueError(f"byte ids of shape {byte_ids.shape} for {len(slots)} streams: give "
+                             f"({len(slots)},) for a step or ({len(slots)}, {self.bundle.prefill_chunk}) for a prefill chunk")
         with self.lock:
             self.check_open()
             if slots != self._resident:
                 self._gather(slots)
-            logits = self.backend.run_resident(graph, byte_ids)
+            logits = self.backend.run_resident(byte_ids)
             self.logits_pool[self._resident_idx] = logits
             self._fed[self._resident_idx] += byte_ids.shape[1] if byte_ids.ndim == 2 else 1
             return logits
 
     def step_one(self, slots: tuple[int], byte: int) -> np.ndarray:
-        """`run("step", slots, [byte])` for one stream (`slots` == (slot,)), the batch-1
+        """`run(slots, [byte])` for one stream (`slots` == (slot,)), the batch-1
         generation hot path: returns the slot's (256,) logits row in the pool."""
         with self.lock:
             if self._closed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 
 import numpy as np
@@ -126,8 +127,13 @@ def test_session_errors_are_exact(bundle_dir):
     with pytest.raises(EdgelmError, match="^this session is closed; open a new one with Session.open$"):
         sess.stream()
     with Session.open(bundle_dir("gru")) as sess:
-        with pytest.raises(ValueError, match="^step byte ids of shape \\(2,\\) for 1 streams$"):
-            sess.run("step", (0,), np.zeros(2, np.int64))
+        chunk = sess.bundle.prefill_chunk
+        for shape in ((2,), (1, chunk - 1), (2, chunk), (1, chunk, 1), ()):
+            with pytest.raises(ValueError, match=re.escape(
+                    f"byte ids of shape {shape} for 1 streams: give (1,) for a step or (1, {chunk}) for a prefill chunk")):
+                sess.run((0,), np.zeros(shape, np.int64))
+        assert sess.run((0,), np.zeros((1, chunk), np.int64)).shape == (1, 256)
+        assert sess.run((0,), np.zeros(1, np.int64)).shape == (1, 256) and sess.fed(0) == chunk + 1
 
 
 def test_snapshot_size_bounds(bundle_dir):

@@ -2,8 +2,9 @@
 
 A backend owns preallocated, batch-first buffers sized for `max_streams` streams and runs the
 bundle's step graph (byte ids (B,)) or prefill graph (byte ids (B, C)) over them:
-  run_resident(graph, byte_ids)  the state already sits in `input_views(B)`; returns the logits
-                                 view (B, 256); the new state is `input_views(B)` afterwards
+  run_resident(byte_ids)         the state already sits in `input_views(B)`; (B,) ids run the step
+                                 graph, (B, C) the prefill graph; returns the logits view (B, 256);
+                                 the new state is `input_views(B)` afterwards
   step_one(byte)                 the same for one stream and one byte (the generation hot path)
   step(byte_ids, states)         copies `states` in first (float32 (B, *shape) each, manifest order)
 Returned arrays are views of the backend's buffers, valid until the next call (ping-pong: an
@@ -64,9 +65,10 @@ class Backend:
         self._run("step", batch)
         return self._flip(batch)
 
-    def run_resident(self, graph: str, byte_ids: np.ndarray) -> np.ndarray:
+    def run_resident(self, byte_ids: np.ndarray) -> np.ndarray:
         """The hot path: the state is already in `input_views(B)`; only the ids are staged.
-        Returns the logits view; the new state is `input_views(B)` afterwards."""
+        (B,) ids run the step graph, (B, C) the prefill graph. Returns the logits view; the new
+        state is `input_views(B)` afterwards."""
         batch = byte_ids.shape[0]
         chunk = byte_ids.shape[1] if byte_ids.ndim == 2 else 0
         np.copyto(self.ids_prefill[:batch] if chunk else self.ids_step[:batch], byte_ids, casting="same_kind")
@@ -75,7 +77,7 @@ class Backend:
         return self.logits[:batch]
 
     def step_one(self, byte: int) -> np.ndarray:
-        """`run_resident("step", [byte])` for a batch of one, without the array plumbing:
+        """`run_resident([byte])` for a batch of one, without the array plumbing:
         returns the (256,) logits row view."""
         self.ids_step[0] = byte
         self._run("step", 1)
