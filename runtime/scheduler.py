@@ -22,10 +22,10 @@ class Scheduler:
     def __init__(self, session):
         self.session = session
         self.jobs: list[Generation] = []
-        self._slots: tuple[int, ...] = ()
         self._ids = np.zeros(session.max_streams, np.int64)
         self._sampler = BatchSampler(session.max_streams)
         self._logits = np.zeros_like(session.logits_pool)
+        self._resync()  # _slots, _rows: the batch's pool slots, as a tuple and as pool rows
 
     @property
     def active(self) -> int:

@@ -182,3 +182,37 @@ def test_sampling_given_to_generate_or_the_scheduler_replaces_the_streams(bundle
             with pytest.raises(ArgumentError, match="sampling must be a Sampling"):
                 t.set_sampling(bad)
         assert t.sampler.sampling == hot
+
+
+def test_generation_ends_on_a_held_prefix_or_a_completed_stop(bundle_dir):
+    """The last byte of a generation decides: a stop sequence it completes is not emitted; a stop
+    prefix still held when the bytes run out is emitted. Solo and through the scheduler."""
+    with Session.open(bundle_dir("lstm"), max_streams=2) as sess:
+        full = b"".join(sess.stream(GREEDY, b"def ").generate(40))
+        i = next(i for i in range(8, 30) if full.find(full[i:i + 2]) == i)  # first occurrence at i
+        cases = [(full[i:i + 2], i + 2, full[:i]),  # completed by the last byte: dropped, stopped
+                 (full[i:i + 2] + b"\xff", i + 2, full[:i + 2])]  # still a prefix at the end: emitted
+        for stop, n, want in cases:
+            s = sess.stream(GREEDY, b"def ")
+            assert b"".join(s.generate(n, stop=[stop])) == want and s.fed == 4 + n
+            s.close()
+            s = sess.stream(GREEDY, b"def ")
+            sched = sess.scheduler()
+            job = sched.add(s, n, stop=[stop])
+            assert b"".join(d for _, d in sched.run()) == want
+            assert job.done and job.remaining == 0 and job.matcher.stopped == (want == full[:i])
+            s.close()
+
+
+def test_scheduler_refusals_are_exact_and_change_nothing(bundle_dir):
+    with Session.open(bundle_dir("gru"), max_streams=2) as sess, Session.open(bundle_dir("gru")) as other:
+        sched = sess.scheduler()
+        a = sess.stream(GREEDY, b"hi")
+        sched.add(a, 3)
+        for bad, message in ((None, "stream must be a Stream, not NoneType"), ("a", "stream must be a Stream, not str"),
+                             (other.stream(), "stream belongs to another session; a scheduler batches its own "
+                                              "session's streams"),
+                             (a, "stream is already scheduled")):
+            with pytest.raises(ArgumentError, match=f"^{re.escape(message)}$"):
+                sched.add(bad, 3)
+        assert sched.active == 1 and [s for s, _ in sched.step()] == [a]
