@@ -215,9 +215,10 @@ class Session:
     def run(self, slots: tuple[int, ...], byte_ids: np.ndarray) -> np.ndarray:
         """Advance streams `slots` by one step (ids (B,)) or one prefill chunk (ids (B, chunk)).
         Returns the (B, 256) logits, a view valid until the next call (also copied to the pool)."""
-        if byte_ids.shape not in ((len(slots),), (len(slots), self.bundle.prefill_chunk)):
-            raise ValueError(f"byte ids of shape {byte_ids.shape} for {len(slots)} streams: give "
-                             f"({len(slots)},) for a step or ({len(slots)}, {self.bundle.prefill_chunk}) for a prefill chunk")
+        n, chunk = len(slots), self.bundle.prefill_chunk
+        if byte_ids.shape not in ((n,), (n, chunk)):
+            raise ValueError(f"byte ids of shape {byte_ids.shape} for {n} streams: give ({n},) for a step "
+                             f"or ({n}, {chunk}) for a prefill chunk")
         with self.lock:
             self.check_open()
             if slots != self._resident:
