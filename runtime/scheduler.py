@@ -60,7 +60,7 @@ class Scheduler:
 
     def _resync(self) -> None:
         self._slots = tuple(j.stream.slot for j in self.jobs)
-        self._rows = np.fromiter(self._slots, np.int64, len(self._slots))
+        self._rows = np.array(self._slots, np.int64)
 
     def step(self) -> list[tuple[Stream, bytes]]:
         """One batched step of every active stream; finished streams leave the batch."""

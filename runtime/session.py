@@ -165,12 +165,12 @@ class Session:
             return slot
 
     def release(self, slot: int) -> None:
-        """Give a closed stream's slot back, taking it out of every scheduler of this session."""
+        """Give a closed stream's slot back, taking it out of every scheduler of this session.
+        (A slot still resident in the backend needs no flush: whoever takes it next writes it
+        with write_slot, which flushes first.)"""
         with self.lock:
             for sched in list(self._schedulers):
                 sched.discard(slot)
-            if not self._closed:
-                self.flush()
             self._free.append(slot)
 
     def fed(self, slot: int) -> int:
@@ -207,7 +207,7 @@ class Session:
 
     def _gather(self, slots: tuple[int, ...]) -> None:
         self.flush()
-        idx = np.fromiter(slots, np.int64, len(slots))
+        idx = np.array(slots, np.int64)
         for p, view in zip(self.pool, self.backend.input_views(len(idx))):
             np.take(p, idx, axis=0, out=view)
         self._resident, self._resident_idx = slots, idx

@@ -66,10 +66,13 @@ def test_a_closed_session_refuses_everything(bundle_dir):
     for call in (lambda: s.feed(b"x"), lambda: next(s.generate(3)), s.snapshot, lambda: sess.stream(),
                  lambda: sess.restore(blob), lambda: s.reset(), lambda: next(running), sched.step,
                  sess.scheduler, lambda: s.state):
-        with pytest.raises(EdgelmError, match="session is closed"):
+        with pytest.raises(EdgelmError, match=r"^this session is closed; open a new one with Session\.open$"):
             call()
     s.close()  # closing what is left stays harmless
     sess.close()
+
+
+CLOSED_STREAM = r"^this stream is closed; open a new one with session\.stream\(\)$"
 
 
 def test_closed_stream_is_refused(bundle_dir):
@@ -79,9 +82,9 @@ def test_closed_stream_is_refused(bundle_dir):
         s.close()
         for call in (lambda: s.feed(b"x"), lambda: next(s.generate(1)), s.snapshot, lambda: s.fed,
                      lambda: s.state, lambda: s.logits, lambda: s.reset(), lambda: s.restore(b"")):
-            with pytest.raises(EdgelmError, match="stream is closed"):
+            with pytest.raises(EdgelmError, match=CLOSED_STREAM):
                 call()
-        with pytest.raises(EdgelmError, match="stream is closed"):
+        with pytest.raises(EdgelmError, match=CLOSED_STREAM):
             sess.scheduler().add(s, 3)
 
 
