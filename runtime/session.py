@@ -89,19 +89,13 @@ class Session:
         given back."""
         from .stream import Stream
 
-        as_instance(sampling, Sampling, "sampling")
+        sampling = as_instance(sampling, Sampling, "sampling") or Sampling()
         data = as_bytes(prompt, "prompt")
-        slot = self._acquire()
-        stream = None
+        stream = Stream(self, self._acquire(), sampling)  # arguments checked: nothing here can fail
         try:
-            stream = Stream(self, slot, sampling)
-            if data:
-                stream.feed(data)
+            stream.feed(data)
         except BaseException:
-            if stream is not None:
-                stream.close()
-            else:
-                self.release(slot)
+            stream.close()
             raise
         return stream
 

@@ -42,9 +42,10 @@ class Generation:
 
 
 class Stream:
-    def __init__(self, session, slot: int, sampling: Sampling | None = None):
+    def __init__(self, session, slot: int, sampling: Sampling):
+        """Made by Session.stream(), which checks the arguments and gives the slot."""
         self.session, self.slot = session, slot
-        self.sampler = Sampler(as_instance(sampling, Sampling, "sampling") or Sampling())
+        self.sampler = Sampler(sampling)
         self._slots = (slot,)
 
     @property

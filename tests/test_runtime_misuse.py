@@ -43,14 +43,25 @@ def test_closing_a_scheduled_stream_takes_it_out_of_the_scheduler(bundle_dir):
 
 def test_a_failed_stream_gives_its_slot_back(bundle_dir):
     with Session.open(bundle_dir("lstm"), max_streams=2) as sess:
-        for bad in (dict(prompt=3.5), dict(prompt=123), dict(prompt=[1, 2]), dict(sampling="greedy"),
-                    dict(prompt=np.array([1000, 2]))):
-            with pytest.raises(ArgumentError):
+        prompt = "^prompt must be bytes, bytearray, memoryview or str, not "
+        for bad, message in ((dict(prompt=3.5), prompt + "float$"), (dict(prompt=123), prompt + "int$"),
+                             (dict(prompt=[1, 2]), prompt + "list$"), (dict(prompt=np.array([1000, 2])), prompt + "ndarray$"),
+                             (dict(sampling="greedy"), "^sampling must be a Sampling or None, not str$")):
+            with pytest.raises(ArgumentError, match=message):
                 sess.stream(**bad)
         with pytest.raises(ArgumentError, match="seed"):
             sess.stream(Sampling(seed=1.5))
-        a, b = sess.stream(), sess.stream()
-        assert {a.slot, b.slot} == {0, 1}
+        a = sess.stream()
+        real = sess.backend.run_resident
+
+        def fails_once(ids):  # a backend failure while the prompt is fed
+            sess.backend.run_resident = real
+            raise RuntimeError("device lost")
+        sess.backend.run_resident = fails_once
+        with pytest.raises(RuntimeError, match="device lost"):
+            sess.stream(prompt=b"x" * 40)
+        b = sess.stream(prompt=b"x" * 40)
+        assert {a.slot, b.slot} == {0, 1} and b.fed == 40
 
 
 def test_a_closed_session_refuses_everything(bundle_dir):
