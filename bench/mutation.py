@@ -134,8 +134,11 @@ pytest_add_cli_args = ["-p", "edgelm_mutate_guard", "-p", "no:cacheprovider"]
 pytest_add_cli_args_test_selection = {_toml_list(f"tests/{t}" for t in tests)}
 # torch is imported by the tests: fork workers from a server that never ran a test
 process_isolation = "forkserver"
-# a test's recorded time leaves out its fixtures (module-scoped exports take seconds)
-timeout_constant = 60.0
+# a test's recorded time leaves out its fixtures (bundle loads, one export in the export group);
+# a mutant that loops is stopped after 2 x (its tests' time + 30 s) (mutmut's default, 15x, let
+# one spin for 20 minutes)
+timeout_constant = 30.0
+timeout_multiplier = 2.0
 use_git_change_detection = false
 
 [tool.pytest.ini_options]
