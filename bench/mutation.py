@@ -213,20 +213,28 @@ def run(args) -> None:
 
 
 def retest_survivors(ws: Path) -> int:
-    """Forget the verdict of every surviving mutant in ws, so the next run tests it again.
+    """Forget the verdict of every surviving mutant in ws not explained as EQUIVALENT in the notes,
+    so the next run tests it again (mutmut keeps a verdict until the mutated function's source
+    changes; new tests do not reset it). Exit codes: 0 survived, 5/33 no tests."""
+    from mutmut.configuration import reset_config
 
-    mutmut keeps a verdict until the mutated function's source changes; new tests do not reset
-    it. Exit codes: 0 survived, 5/33 no tests (mutmut.stats.status_by_exit_code)."""
-    count = 0
-    for meta in (ws / "mutants").rglob("*.py.meta"):
-        data = json.loads(meta.read_text())
-        codes = data["exit_code_by_key"]
-        stale = [k for k, code in codes.items() if code in (0, 5, 33)]
-        for key in stale:
-            codes[key] = None
-        if stale:
-            meta.write_text(json.dumps(data, indent=4))
-        count += len(stale)
+    notes = json.loads(NOTES.read_text()) if NOTES.exists() else {}
+    count, here = 0, os.getcwd()
+    os.chdir(ws)  # _survivor reads mutmut's files relative to the workspace
+    reset_config()
+    try:
+        for meta in Path("mutants").rglob("*.py.meta"):
+            data = json.loads(meta.read_text())
+            codes, src_rel = data["exit_code_by_key"], str(meta.relative_to("mutants"))[: -len(".meta")]
+            stale = [k for k, code in codes.items() if code in (0, 5, 33)
+                     and not _survivor(ws, src_rel, k, "", notes)["explanation"].startswith("EQUIVALENT")]
+            for key in stale:
+                codes[key] = None
+            if stale:
+                meta.write_text(json.dumps(data, indent=4))
+            count += len(stale)
+    finally:
+        os.chdir(here)
     return count
 
 
@@ -396,7 +404,7 @@ def main() -> None:
     r.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     r.add_argument("--resume", action="store_true", help="keep the workspace and mutmut's results so far")
     r.add_argument("--retest-survivors", action="store_true",
-                   help="with --resume: test the surviving mutants again (after new tests)")
+                   help="with --resume: test again the surviving mutants not explained as equivalent")
     sub.add_parser("report")
     args = ap.parse_args()
     run(args) if args.cmd == "run" else report()

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,11 +187,25 @@ def test_wrong_arguments_name_the_argument(bundle_dir, call, name):
         assert isinstance(exc.value, TypeError) and isinstance(exc.value, ValueError)
 
 
-@pytest.mark.parametrize("kw,name", [(dict(max_streams="2"), "max_streams"), (dict(max_streams=0), "max_streams"),
-                                     (dict(backend=3), "backend"), (dict(device=1), "device")])
-def test_session_open_arguments(bundle_dir, kw, name):
-    with pytest.raises(ArgumentError, match=f"^{name} must be"):
+@pytest.mark.parametrize("kw,message", [
+    (dict(max_streams="2"), "max_streams must be an integer, not str '2'"),
+    (dict(max_streams=0), "max_streams must be in 1..65536, got 0"),
+    (dict(max_streams=65537), "max_streams must be in 1..65536, got 65537"),
+    (dict(backend=3), "backend must be a str, not int"), (dict(backend=None), "backend must be a str, not NoneType"),
+    (dict(device=1), "device must be a str or None, not int")])
+def test_session_open_arguments(bundle_dir, kw, message):
+    with pytest.raises(ArgumentError, match=f"^{re.escape(message)}$"):
         Session.open(bundle_dir("gru"), **kw)
+
+
+def test_session_open_passes_the_trusted_keys_on(bundle_dir, tmp_path):
+    pytest.importorskip("cryptography")
+    from edgelm.runtime.signing import keygen
+
+    _, pub = keygen(tmp_path / "k")
+    b = bundle_dir("gru")
+    with pytest.raises(EdgelmError, match=f"^bundle {re.escape(str(Path(b).resolve()))} is not signed"):
+        Session.open(b, trusted_keys=[pub])
 
 
 # -- hand-made snapshots with a valid checksum ---------------------------------------------------

@@ -219,6 +219,10 @@ def test_tensorrt_equals_onnxruntime(bundle, reference, gpu, arch):
 
 
 def test_auto_picks_tensorrt_with_the_bundles_streams(bundle, gpu):
+    with pytest.raises(EdgelmError, match=r"^max_streams 513 exceeds the bundle's 512 \(the tensorrt engine's batch "
+                                          r"limit\); re-export with a larger profile$"):
+        Session.open(bundle("lstm"), max_streams=513)
+    assert not gpu.device.allocations  # the refused backend was closed
     with Session.open(bundle("lstm")) as sess:  # engines built and TensorRT importable: auto = tensorrt
         assert sess.describe().startswith("tensorrt") and sess.max_streams == 512
         with sess.stream(Sampling(temperature=0), prompt=PROMPTS["unaligned"]) as s:
