@@ -202,3 +202,38 @@ def test_a_graph_without_external_data_reads():
     raw = _set(_set(manifest().to_dict(), "graphs.step.data", []), "graphs.prefill.data", _DELETE)
     m = read(raw)
     assert m.graphs["step"].data == () == m.graphs["prefill"].data
+
+
+def test_graph_io_list_bounds():
+    """A graph's IO list holds 1..4097 tensors of 0..8 dims; within the bounds, the IO must still
+    match the state spec (a different refusal)."""
+    raw = manifest().to_dict()
+    mismatch = "and outputs do not match the manifest's state spec"
+    first = raw["graphs"]["step"]["inputs"][0]
+    assert mismatch in refused(_set(raw, "graphs.step.inputs", [first]), "graphs.step.inputs")
+    for bad in ([], [first] * 4098):
+        msg = refused(_set(raw, "graphs.step.inputs", bad), "graphs.step.inputs")
+        assert msg == f"{WHERE}: field graphs.step.inputs must be a list of 1..4097 items; re-export the bundle"
+    assert mismatch in refused(_set(raw, "graphs.step.inputs", [first] * 4097), "graphs.step.inputs")
+    assert mismatch in refused(_set(raw, "graphs.step.inputs[0].shape", []), "graphs.step.inputs")
+    assert mismatch in refused(_set(raw, "graphs.step.inputs[0].shape", ["batch"] * 8), "graphs.step.inputs")
+    msg = refused(_set(raw, "graphs.step.inputs[0].shape", ["batch"] * 9), "graphs.step.inputs[0].shape")
+    assert msg == f"{WHERE}: field graphs.step.inputs[0].shape must be a list of 0..8 items; re-export the bundle"
+
+
+def test_one_state_tensor_is_enough():
+    m = read(manifest(shapes=((4,),)).to_dict())
+    assert len(m.state) == 1 and m.state_bytes_per_stream() == 16
+
+
+@pytest.mark.parametrize("text,why", [
+    (b'{"format": NaN}', "NaN is not JSON"), (b'{"format": -Infinity}', "-Infinity is not JSON"),
+    (b'{"b": 1, "a": 1, "c": 1, "b": 2, "a": 3}', "duplicate key 'a'"),
+    (b'{"b": 1, "a": 1, "b": 2}', "duplicate key 'b'"),
+    (b'{"' + b"k" * 200 + b'": 1, "' + b"k" * 200 + b'": 2}', "duplicate key '" + "k" * 105),  # cut at 120
+    (b'\xff{}', "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+])
+def test_unreadable_json_says_why(text, why):
+    with pytest.raises(EdgelmError) as exc:
+        fmt.parse_json(text, WHERE)
+    assert str(exc.value) == f"{WHERE} is corrupted ({why}); re-export the bundle"
