@@ -59,8 +59,7 @@ def state_io(name: str) -> tuple[str, str]:
 
 def is_safe_name(name: object) -> bool:
     """A relative path of plain components inside the bundle: no '..', no absolute path."""
-    return isinstance(name, str) and len(name) <= 255 and all(
-        _NAME.fullmatch(part) and part.strip(".") for part in name.split("/"))
+    return isinstance(name, str) and len(name) <= 255 and all(_NAME.fullmatch(part) for part in name.split("/"))
 
 
 @dataclass(frozen=True)

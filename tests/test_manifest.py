@@ -5,6 +5,7 @@ the same Manifest, and the file is written for people to read."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 
@@ -137,7 +138,7 @@ def test_state_bounds():
     refused(_set(manifest().to_dict(), "state[1].name", "0.h"), "state[1].input")  # IO names follow the name
     twice = _set(_set(_set(manifest().to_dict(), "state[1].name", "0.h"), "state[1].input", "state_in.0.h"),
                  "state[1].output", "state_out.0.h")
-    assert "names a state tensor twice" in refused(twice, "state")
+    assert refused(twice, "state") == f"{WHERE}: field state names a state tensor twice; re-export the bundle"
 
 
 @pytest.mark.parametrize("path,value,field", [
@@ -194,7 +195,9 @@ def test_unknown_built_artifacts_are_refused():
 def test_safe_names():
     for ok in ("step.onnx", "c/model.c", "a-b_c.1"):
         assert fmt.is_safe_name(ok), ok
-    for bad in ("", "..", ".", "a/..", "../x", "/etc/x", "a//b", ".hidden", "a\\b", "x" * 256, 5, None, "a/./b"):
+    assert fmt.is_safe_name("x" * 127 + "/" + "x" * 127) and fmt.is_safe_name("X") and fmt.is_safe_name("x" * 128)
+    for bad in ("", "..", ".", "...", "a/...", "a/..", "../x", "/etc/x", "a//b", ".hidden", "a\\b", "x" * 129,
+                "x" * 128 + "/" + "x" * 127, 5, None, "a/./b"):
         assert not fmt.is_safe_name(bad), bad
 
 
@@ -237,3 +240,39 @@ def test_unreadable_json_says_why(text, why):
     with pytest.raises(EdgelmError) as exc:
         fmt.parse_json(text, WHERE)
     assert str(exc.value) == f"{WHERE} is corrupted ({why}); re-export the bundle"
+
+
+def test_the_id_is_the_sha256_of_the_canonical_utf8_json():
+    raw = _set(manifest().to_dict(), "config.note", "caf\u00e9 \u65e5\u672c")  # non-ASCII stays UTF-8, not \\u escapes
+    body = {k: v for k, v in raw.items() if k not in ("bundle_id", "built")}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert "café".encode() in canon
+    assert fmt.compute_id(raw) == hashlib.sha256(canon).hexdigest()
+    with pytest.raises(ValueError):
+        fmt.compute_id(_set(raw, "validation.max_abs_logit_diff", float("nan")))
+
+
+def test_version_refusals_word_for_word():
+    raw = manifest().to_dict()
+    with pytest.raises(EdgelmError) as exc:
+        read({**raw, "format_version": 3})
+    assert str(exc.value) == "bundle format 3 is newer than this edgelm reads (2); upgrade edgelm on this device"
+    with pytest.raises(EdgelmError) as exc:
+        read({**raw, "format_version": 1})
+    assert str(exc.value) == ("bundle format 1 predates bundle ids that cover the whole manifest (this edgelm reads "
+                              "format 2); re-export the bundle with this edgelm")
+
+
+def test_graph_refusals_word_for_word():
+    raw = manifest().to_dict()
+    msg = refused(_set(raw, "graphs.step.chunk", 8), "graphs.step.chunk")
+    assert msg == f"{WHERE}: field graphs.step.chunk belongs to the prefill graph only; re-export the bundle"
+    msg = refused(_set(raw, "graphs.step.inputs[1].name", "state_in.9.h"), "graphs.step.inputs")
+    assert msg == (f"{WHERE}: field graphs.step.inputs and outputs do not match the manifest's state spec (expected "
+                   "['byte_ids', 'state_in.0.h', 'state_in.1.h']...); re-export the bundle")
+
+
+def test_an_artifact_of_one_byte_reads():
+    raw = manifest().to_dict()
+    raw["built"]["engine.plan"]["bytes"] = 1
+    assert read(raw).built["engine.plan"].bytes == 1
