@@ -69,10 +69,14 @@ class Bundle:
         the one the manifest's state spec implies: another model's graph fails here, before it runs."""
         for kind, want, got in zip(("input", "output"), self.manifest.expected_io(graph), (inputs, outputs)):
             want_by, got_by = {t.name: t for t in want}, {t.name: t for t in got}
-            if want_by == got_by and len(got) == len(want):
+            names = [t.name for t in got]
+            twice = next((n for n in names if names.count(n) > 1), None)
+            if want_by == got_by and twice is None:
                 continue
             name = next((n for n in want_by if want_by[n] != got_by.get(n)), None)
-            if name is None:
+            if twice is not None:
+                diff = f"it names {kind} {twice} twice"
+            elif name is None:
                 diff = f"it has {kind}s {sorted(set(got_by) - set(want_by))[:3]} the manifest does not name"
             elif name not in got_by:
                 diff = f"it has no {kind} {name}"

@@ -361,3 +361,41 @@ def test_unlisted_and_foreign_engines_word_for_word(b):
     assert load_bundle(b).artifact("prefill").file == "engine.prefill.plan"
     (b / "engine.prefill.plan").unlink()
     assert load_bundle(b).artifact("prefill") is None  # recorded but not there: no engine to use
+
+
+def test_interface_refusals_word_for_word(made):
+    """check_io, on the interfaces a graph or an engine reports (any order accepted)."""
+    from edgelm.runtime.manifest import TensorSpec
+
+    bundle = load_bundle(made["lstm"])
+    ins, outs = bundle.manifest.expected_io("step")
+    bundle.check_io("step", ins[::-1], outs[::-1])
+    head = f"the step graph in {bundle.path} is not this bundle's ("
+    evil = tuple(TensorSpec(f"evil{i}", ("batch",), "int64") for i in range(4))
+    s1 = ins[1]
+    cases = [
+        (ins + evil, outs, "it has inputs ['evil0', 'evil1', 'evil2'] the manifest does not name"),
+        (ins[:-1], outs, f"it has no input {ins[-1].name}"),
+        (ins[:1] + (TensorSpec(s1.name, s1.shape + (2,), s1.dtype),) + ins[2:], outs,
+         f"input {s1.name} is {list(s1.shape) + [2]} {s1.dtype}, the manifest says {list(s1.shape)} {s1.dtype}"),
+        (ins, outs + evil[:1], "it has outputs ['evil0'] the manifest does not name"),  # inputs fine: outputs still checked
+        (ins, outs[:1] + (TensorSpec(outs[1].name, outs[1].shape, "float16"),) + outs[2:],
+         f"output {outs[1].name} is {list(outs[1].shape)} float16, the manifest says {list(outs[1].shape)} float32"),
+        (ins[:2] + ins[1:], outs, f"it names input {ins[1].name} twice"),
+    ]
+    for got_in, got_out, diff in cases:
+        with pytest.raises(EdgelmError) as exc:
+            bundle.check_io("step", got_in, got_out)
+        assert str(exc.value) == f"{head}{diff}); re-export the bundle"
+
+
+def test_listed_files_and_their_hashes(made, tmp_path):
+    from edgelm.runtime.bundle import sha256_file
+
+    bundle = load_bundle(made["lstm"])
+    assert bundle.has("weights.bin") and bundle.has("model.pt") and not bundle.has("manifest.json")
+    assert not bundle.has("engine.plan")
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(3 << 20) + b"tail")  # larger than one read block
+    assert sha256_file(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert sha256_file(made["lstm"] / "weights.bin") == bundle.manifest.files["weights.bin"]

@@ -48,6 +48,7 @@ def test_keygen_writes_a_private_and_a_public_key(keys, tmp_path):
 def test_signed_bundle_runs_with_its_key(b, keys):
     pub = keys["a"][1]
     assert (b / "signature.ed25519").stat().st_size == 64
+    assert (b / "signature.ed25519").stat().st_mode & 0o777 == 0o644  # public, like the other bundle files
     with Session.open(b, trusted_keys=[pub]) as sess:
         assert len(b"".join(sess.stream(GREEDY, prompt=b"x").generate(5))) == 5
     with Session.open(b, trusted_keys=[keys["b"][1], pub.read_bytes()]) as sess:  # any trusted key will do
