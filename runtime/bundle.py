@@ -132,10 +132,14 @@ def sign_bundle(path: str | Path, key: str | Path) -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_BLOCK):
-            h.update(chunk)
+        return _sha256(f)
+
+
+def _sha256(f) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(_BLOCK):
+        h.update(chunk)
     return h.hexdigest()
 
 
@@ -191,12 +195,9 @@ def _open_inside(root: Path, name: str, missing: str | None = None) -> int:
 
 
 def _hash_check(root: Path, name: str, expected: str) -> None:
-    h = hashlib.sha256()
     with os.fdopen(_open_inside(root, name), "rb") as f:
-        while chunk := f.read(_BLOCK):
-            h.update(chunk)
-    if h.hexdigest() != expected:
-        raise _corrupted(root, name)
+        if _sha256(f) != expected:
+            raise _corrupted(root, name)
 
 
 def _read_verified(root: Path, name: str, expected: str) -> bytes:

@@ -399,3 +399,57 @@ def test_listed_files_and_their_hashes(made, tmp_path):
     big.write_bytes(os.urandom(3 << 20) + b"tail")  # larger than one read block
     assert sha256_file(big) == hashlib.sha256(big.read_bytes()).hexdigest()
     assert sha256_file(made["lstm"] / "weights.bin") == bundle.manifest.files["weights.bin"]
+
+
+def test_reading_inside_the_bundle_word_for_word(b, monkeypatch):
+    from edgelm.runtime import bundle as bmod
+
+    root = load_bundle(b).path
+    (root / "exact").write_bytes(b"x" * 100)
+    assert bmod.read_inside(root, "exact", 100) == b"x" * 100  # exactly the limit: fine
+    with pytest.raises(EdgelmError) as exc:
+        bmod.read_inside(root, "exact", 99)
+    assert str(exc.value) == (f"{root}/exact is larger than any edgelm file (99 bytes); it is not from edgelm: "
+                              "re-export the bundle")
+    long = "../" + "x" * 200
+    with pytest.raises(EdgelmError) as exc:
+        bmod.read_inside(root, long, 10)
+    assert str(exc.value) == (f"bundle {root} names {long[:80]!r}, which is not a plain file name inside it; "
+                              "re-export the bundle")
+    fds = len(os.listdir("/proc/self/fd"))
+    real_fstat = os.fstat
+    monkeypatch.setattr(bmod.os, "fstat", lambda fd: os.stat_result((0,) * 10))  # another file got swapped in
+    with pytest.raises(EdgelmError) as exc:
+        bmod.read_inside(root, "exact", 100)
+    assert str(exc.value) == f"bundle file {root}/exact changed while it was being opened; open the bundle again"
+    monkeypatch.setattr(bmod.os, "fstat", real_fstat)
+    assert len(os.listdir("/proc/self/fd")) == fds  # the descriptor was closed
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(bmod.os, "open", denied)
+    with pytest.raises(EdgelmError) as exc:
+        bmod.read_inside(root, "exact", 100)
+    assert str(exc.value) == f"cannot read bundle file {root}/exact (Permission denied); check its permissions"
+
+
+def test_load_names_the_manifest_and_the_signature(b, tmp_path):
+    edit_manifest(b, lambda m: m.update(format_version="2"), reseal=False)
+    _exact(b, "{b}/manifest.json: field format_version must be a positive integer; re-export the bundle")
+
+
+def test_signature_size_and_key_refusals_word_for_word(b, tmp_path):
+    pytest.importorskip("cryptography")
+    from edgelm.runtime.signing import keygen
+
+    _, pub = keygen(tmp_path / "k")
+    root = load_bundle(b).path
+    (root / "signature.ed25519").write_bytes(b"s" * 1025)
+    _exact(b, "{b}/signature.ed25519 is larger than any edgelm signature (1,024 bytes); it is not from edgelm: "
+              "re-export the bundle", trusted_keys=[pub])
+    (root / "signature.ed25519").write_bytes(b"s" * 1024)
+    _exact(b, "{b}/signature.ed25519 is not an Ed25519 signature (1024 bytes, not 64); sign the bundle again with "
+              "`edgelm sign`", trusted_keys=[pub])
+    (root / "signature.ed25519").write_bytes(b"s" * 64)
+    _exact(b, "bundle {b} is not signed by a trusted key (signed with another key, or changed after signing); get "
+              "the bundle its publisher signed, or pass their KEY.pub", trusted_keys=[pub])
