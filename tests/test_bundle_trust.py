@@ -453,3 +453,18 @@ def test_signature_size_and_key_refusals_word_for_word(b, tmp_path):
     (root / "signature.ed25519").write_bytes(b"s" * 64)
     _exact(b, "bundle {b} is not signed by a trusted key (signed with another key, or changed after signing); get "
               "the bundle its publisher signed, or pass their KEY.pub", trusted_keys=[pub])
+
+
+def test_a_file_that_becomes_a_link_after_the_check_is_not_followed(b, monkeypatch):
+    """The name is resolved, checked, then opened with O_NOFOLLOW: if it became a symlink in
+    between (simulated by a resolver that returns the link itself), the open refuses it."""
+    from edgelm.runtime import bundle as bmod
+
+    root = load_bundle(b).path
+    (root / "link").symlink_to(root / "weights.bin")
+    monkeypatch.setattr(bmod.os.path, "realpath", lambda p: str(p))
+    with pytest.raises(EdgelmError) as exc:
+        bmod.read_inside(root, "link", 1 << 30)
+    assert str(exc.value) == (f"cannot read bundle file {root}/link (Too many levels of symbolic links); "
+                              "check its permissions")
+    assert bmod.read_inside(root, "weights.bin", 1 << 30) == (root / "weights.bin").read_bytes()
