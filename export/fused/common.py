@@ -118,11 +118,11 @@ class FusedPrefill(nn.Module):
 class ResidualLayer(Frozen):
     """A residual block's float32 norm weights and, where the block has one, its gated MLP.
 
-    Subclasses add the temporal mixing (their widths read from the model config `cfg`) and
-    `step(x, *state) -> (x, *state)`.
+    Subclasses take (block, model config, eps, dtype), add the temporal mixing (their widths read
+    from the config) and `step(x, *state) -> (x, *state)`.
     """
 
-    def __init__(self, block: nn.Module, cfg, eps: float, dtype: torch.dtype):
+    def __init__(self, block: nn.Module, eps: float, dtype: torch.dtype):
         super().__init__(dtype)
         self.eps = eps
         self.keep(torch.float32, nw=block.norm.weight)  # (D,)

@@ -17,7 +17,7 @@ from .common import FusedResidual, ResidualLayer, _Softplus
 
 class MambaLayer(ResidualLayer):
     def __init__(self, block, cfg, eps: float, dtype: torch.dtype):
-        super().__init__(block, cfg, eps, dtype)
+        super().__init__(block, eps, dtype)
         self.di, self.n, self.r = cfg.d_inner, cfg.d_state, cfg.dt_rank
         self.keep(w_in=block.in_proj.weight.t())  # (D, 2Di): [x_in, z]
         self.keep(conv_w=block.conv_weight)  # (Di, K)

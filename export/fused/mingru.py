@@ -14,7 +14,7 @@ from .common import FusedResidual, ResidualLayer
 
 class MinGRULayer(ResidualLayer):
     def __init__(self, block, cfg, eps: float, dtype: torch.dtype):
-        super().__init__(block, cfg, eps, dtype)
+        super().__init__(block, eps, dtype)
         self.dh = cfg.d_hidden
         w, b = block.in_proj.weight.t(), block.in_proj.bias  # (D, 2Dh), (2Dh,)
         self.keep(w_in=torch.cat([w, w[:, self.dh:]], 1))  # (D, 3Dh): [k, cand, cand + 0.5]

@@ -17,7 +17,7 @@ from .common import GELU_K1, FusedResidual, ResidualLayer, gelu_scaled
 
 class RGLRULayer(ResidualLayer):
     def __init__(self, block, cfg, eps: float, dtype: torch.dtype):
-        super().__init__(block, cfg, eps, dtype)
+        super().__init__(block, eps, dtype)
         self.dr = cfg.d_rnn
         w = block.in_proj.weight.t().clone()  # (D, 2Dr): [gate, u]
         w[:, :w.shape[1] // 2] *= GELU_K1
