@@ -34,7 +34,7 @@ def check_onnx(path: str | Path) -> None:
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:  # the latter: full_check
         first = str(exc).strip().splitlines()[0][:200]
         raise EdgelmError(f"{Path(path).name} fails the ONNX checker: {first}") from None
 

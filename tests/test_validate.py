@@ -117,15 +117,33 @@ def test_a_limit_equal_to_the_figure_passes(measured):
         run(prec)
 
 
+def _refused_by_checker(path) -> str:
+    with pytest.raises(EdgelmError) as err:
+        check_onnx(path)
+    msg = str(err.value)
+    head = f"{path.name} fails the ONNX checker: "
+    assert msg.startswith(head) and "\n" not in msg, msg
+    return msg[len(head):]
+
+
 def test_a_graph_the_checker_refuses_is_named(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["x"], ["y"])],
                               "twice", [x], [y])  # y assigned twice: not SSA
     onnx.save(helper.make_model(graph), tmp_path / "bad.onnx")
-    with pytest.raises(EdgelmError, match=r"^bad\.onnx fails the ONNX checker: .+") as err:
-        check_onnx(tmp_path / "bad.onnx")
-    assert "\n" not in str(err.value)
+    assert "y" in _refused_by_checker(tmp_path / "bad.onnx")
+    # shapes that only the full check's strict shape inference refuses: (2,) + (3,) declared (2,)
+    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [d]) for n, d in (("a", 2), ("b", 3)))
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])
+    shapes = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "bad_shapes", [a, b], [c])
+    onnx.save(helper.make_model(shapes, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "shapes.onnx")
+    onnx.checker.check_model(str(tmp_path / "shapes.onnx"))  # the plain check passes
+    assert "ncompatible" in _refused_by_checker(tmp_path / "shapes.onnx")
+    # a long checker message is cut to 200 characters
+    long = helper.make_graph([helper.make_node("Relu", [], ["y"], name="n" * 400)], "long", [x], [y])
+    onnx.save(helper.make_model(long, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "long.onnx")
+    assert len(_refused_by_checker(tmp_path / "long.onnx")) == 200
     good = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "once", [x], [y])
     onnx.save(helper.make_model(good, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "good.onnx")
     check_onnx(tmp_path / "good.onnx")
