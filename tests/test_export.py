@@ -208,16 +208,3 @@ def test_compat_unsupported_op_is_named():
 def test_compat_opset_too_new_for_old_parser():
     g = _graph([helper.make_node("Sigmoid", ["x"], ["y"])], opset=17)
     assert any("opset 17" in p for p in check_tensorrt_compat(g, get_profile("jetson-nano")))
-
-
-def test_an_architecture_without_a_fused_form_is_one_clear_error(tmp_path):
-    from edgelm.errors import EdgelmError
-    from edgelm.export.fused import fused_form
-
-    for arch in ("xlstm", "common", "__init__"):
-        with pytest.raises(EdgelmError, match=f"'{arch}' has no fused export form; add export/fused/{arch}.py"):
-            fused_form(arch)
-    model = build_model("lstm", preset="tiny")
-    model.arch = "xlstm"  # a registered model class whose export form was never written
-    with pytest.raises(EdgelmError, match="add export/fused/xlstm.py"):
-        fuse(model)

@@ -104,3 +104,36 @@ def test_fp16_weights_are_half_and_the_model_is_untouched(models, arch):
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"fuse changed the model's {k}"
     assert model.training is False
+
+
+def test_a_form_is_found_by_name_or_refused_in_one_line(models, monkeypatch):
+    import types
+
+    from edgelm.errors import EdgelmError
+    from edgelm.export import fused as fused_pkg
+    from edgelm.export.fused import FusedLM, fused_form
+    from edgelm.export.fused.lstm import FusedLSTM
+
+    assert fused_form("lstm") is FusedLSTM and all(issubclass(fused_form(a), FusedLM) for a in ARCHS)
+    for arch in ("xlstm", "common", "_private", "__init__", "not-a-name", "lstm.x"):
+        with pytest.raises(EdgelmError) as exc:
+            fused_form(arch)
+        assert str(exc.value) == f"architecture '{arch}' has no fused export form; add export/fused/{arch}.py"
+    model = models("gru")
+    monkeypatch.setattr(model, "arch", "xlstm")  # a registered model class whose export form was never written
+    with pytest.raises(EdgelmError, match=r"add export/fused/xlstm\.py$"):
+        fuse(model)
+    real = fused_pkg.importlib.import_module
+
+    def form_module(name):
+        if name.endswith(".noform"):
+            return types.ModuleType(name)  # a form file that forgot FUSED
+        if name.endswith(".broken"):
+            raise ModuleNotFoundError("No module named 'tensorrt_llm'", name="tensorrt_llm")  # its own import
+        return real(name)
+    monkeypatch.setattr(fused_pkg.importlib, "import_module", form_module)
+    with pytest.raises(EdgelmError) as exc:
+        fused_form("noform")
+    assert str(exc.value) == "export/fused/noform.py names no fused form; set FUSED = its FusedLM class"
+    with pytest.raises(ModuleNotFoundError, match="tensorrt_llm"):  # not mistaken for a missing form
+        fused_form("broken")
