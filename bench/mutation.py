@@ -13,7 +13,7 @@ site/ on PYTHONPATH: a sitecustomize that removes the editable finder (so the mu
 imported, in subprocesses too) and a pytest plugin that refuses to run if edgelm came from
 anywhere else. Runtime groups use bundles pre-exported from the unmutated copy
 (EDGELM_TEST_BUNDLES, as tests/runtime_fixtures.py offers); the export group exports its own.
-Results: bench/results/mutation.json (score = (killed + timeout) / mutants tested). One-line notes
+Results: bench/results/mutation.json (score = (killed + timeout + segfault) / mutants tested). One-line notes
 on survivors (equivalent, or the test that would kill it) live in bench/mutation_notes.json, keyed
 by each survivor's note_key (module::function::mutation), so they survive reruns.
 """
@@ -337,19 +337,20 @@ def report() -> None:
                 for key, code in sorted(data.exit_code_by_key.items()):
                     status = status_by_exit_code[code]
                     counts[status] = counts.get(status, 0) + 1
-                    if status not in ("killed", "timeout", "not checked", "skipped"):
+                    if status not in ("killed", "timeout", "segfault", "not checked", "skipped"):
                         survivors.append(_survivor(ws, src_rel, key, status, notes))
                 total = sum(counts.values())
                 checked = total - counts.get("not checked", 0) - counts.get("skipped", 0)
-                killed = counts.get("killed", 0) + counts.get("timeout", 0)
+                killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("segfault", 0)
                 live = ROOT / _repo_path(src_rel)
                 modules[_repo_path(src_rel)] = {
                     "source_changed_since_run": not live.exists() or live.read_bytes() != (ws / src_rel).read_bytes(),
                     "score": round(killed / checked, 4) if checked else None, "killed": killed,
                     "total": checked, "survived": counts.get("survived", 0), "no_tests": counts.get("no tests", 0),
-                    "timeout": counts.get("timeout", 0), "not_checked": counts.get("not checked", 0),
+                    "timeout": counts.get("timeout", 0), "segfault": counts.get("segfault", 0),
+                    "not_checked": counts.get("not checked", 0),
                     "other": {k: v for k, v in counts.items() if k not in (
-                        "killed", "survived", "no tests", "timeout", "not checked")}, "group": group}
+                        "killed", "survived", "no tests", "timeout", "segfault", "not checked")}, "group": group}
         finally:
             os.chdir(here)
     for name, m in modules.items():  # survivors explained as equivalent cannot be killed by any test
@@ -370,7 +371,8 @@ def report() -> None:
     result = {
         "score": round(killed / total, 4) if total else None,
         "killed": killed, "total": total,
-        "score_definition": "(killed + timeout) / mutants tested; survived and 'no tests' count against it",
+        "score_definition": "(killed + timeout + segfault: the tests failed, hung or crashed) / mutants tested; "
+                            "survived and 'no tests' count against it",
         "equivalent": equivalent,
         "score_excluding_equivalent": round(killed / (total - equivalent), 4) if total else None,
         "complete": all(any(fnmatch.fnmatch(m, p) for m in modules) for p in wanted),

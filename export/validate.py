@@ -9,6 +9,7 @@ is an EdgelmError carrying the measured numbers.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,10 @@ def check_onnx(path: str | Path) -> None:
 
 
 def text_streams(steps: int = STEPS, batch: int = 2) -> np.ndarray:
-    """(batch, steps) int64 bytes of real text; stream b starts at a different offset."""
-    data = np.frombuffer(TEXT * (1 + (steps + 64 * batch) // len(TEXT)), dtype=np.uint8)
-    return np.stack([data[97 * b: 97 * b + steps] for b in range(batch)]).astype(np.int64)
+    """(batch, steps) int64 bytes of real text (TEXT repeated); stream b starts at byte 97 * b."""
+    need = 97 * (batch - 1) + steps
+    data = np.fromiter(itertools.islice(itertools.cycle(TEXT), need), np.int64, need)
+    return np.stack([data[97 * b: 97 * b + steps] for b in range(batch)])
 
 
 def session(path: str | Path, threads: int = 0):
@@ -55,11 +57,11 @@ def session(path: str | Path, threads: int = 0):
 
 
 def _feeds(names: list[str], byte_ids: np.ndarray, state) -> dict:
-    return {"byte_ids": byte_ids, **{state_io(n)[0]: np.asarray(s, dtype=np.float32) for n, s in zip(names, state)}}
+    return {"byte_ids": byte_ids, **{state_io(n)[0]: s for n, s in zip(names, state)}}  # float32 arrays
 
 
 def _maxdiff(a, b) -> float:
-    return float(max(np.max(np.abs(np.asarray(x, dtype=np.float64) - y.double().numpy())) for x, y in zip(a, b)))
+    return float(max(np.max(np.abs(x - y.double().numpy())) for x, y in zip(a, b)))  # float64
 
 
 @torch.no_grad()

@@ -210,7 +210,7 @@ def parse_json(data: bytes, where: str) -> dict:
     def no_duplicates(pairs):
         keys = [k for k, _ in pairs]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"duplicate key {sorted(k for k in keys if keys.count(k) > 1)[0]!r}")
+            raise ValueError(f"duplicate key {min(k for k in keys if keys.count(k) > 1)!r}")
         return dict(pairs)
     try:
         raw = json.loads(data.decode("utf-8"), parse_constant=no_constants, object_pairs_hook=no_duplicates)
