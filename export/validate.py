@@ -9,7 +9,6 @@ is an EdgelmError carrying the measured numbers.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +41,7 @@ def check_onnx(path: str | Path) -> None:
 
 def text_streams(steps: int = STEPS, batch: int = 2) -> np.ndarray:
     """(batch, steps) int64 bytes of real text (TEXT repeated); stream b starts at byte 97 * b."""
-    need = 97 * (batch - 1) + steps
-    data = np.fromiter(itertools.islice(itertools.cycle(TEXT), need), np.int64, need)
-    return np.stack([data[97 * b: 97 * b + steps] for b in range(batch)])
+    return np.array([[TEXT[(97 * b + t) % len(TEXT)] for t in range(steps)] for b in range(batch)], np.int64)
 
 
 def session(path: str | Path, threads: int = 0):
