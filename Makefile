@@ -37,8 +37,8 @@ test: install
 
 # Mutation testing (not part of `make test` or CI: hours on 2 cores). Builds build/mutate/<group>/
 # workspaces and writes bench/results/mutation.json; see bench/mutation.py. MUTATE_MODULES picks
-# modules (e.g. MUTATE_MODULES="runtime/sampling.py runtime/snapshot.py"), MUTATE_ARGS=--resume
-# continues an interrupted run.
+# the groups that mutate those modules (e.g. MUTATE_MODULES="runtime/sampling.py"); MUTATE_ARGS=--resume
+# continues an interrupted run, "--resume --retest-survivors" tests the unexplained survivors again.
 MUTMUT_VERSION := 3.8.1
 MUTATE_MODULES ?=
 MUTATE_JOBS ?= 2

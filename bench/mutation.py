@@ -107,7 +107,7 @@ def _toml_list(items) -> str:
     return "[" + ", ".join(json.dumps(str(x)) for x in items) + "]"
 
 
-def prepare(group: str, only: list[str], resume: bool) -> Path:
+def prepare(group: str, resume: bool) -> Path:
     """The workspace build/mutate/<group>/ (wiped first unless resume)."""
     modules, tests, prebuilt = GROUPS[group]
     ws = WORK / group
@@ -124,7 +124,7 @@ def prepare(group: str, only: list[str], resume: bool) -> Path:
     (ws / "site" / "edgelm_mutate_guard.py").write_text(GUARD)
     # exists before mutmut starts: a PYTHONPATH entry missing at startup is cached as absent
     (ws / "mutants" / "src").mkdir(parents=True, exist_ok=True)
-    mutate = [f"src/edgelm/{m}" for m in modules if not only or _matches(m, only)]
+    mutate = [f"src/edgelm/{m}" for m in modules]  # the whole group: its other modules' results stay readable
     (ws / "pyproject.toml").write_text(f"""\
 [tool.mutmut]
 source_paths = ["src"]
@@ -189,7 +189,7 @@ def run(args) -> None:
     exported = args.resume and (WORK / "bundles").is_dir()
     for group in groups:
         t0 = time.time()
-        ws = prepare(group, args.modules, args.resume)
+        ws = prepare(group, args.resume)
         if GROUPS[group][2] and not exported:
             export_bundles(ws)
             exported = True

@@ -171,3 +171,15 @@ def test_one_thread_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_validation_sessions_run_quietly_on_the_cpu_threads_asked_for(bundle_dir):  # noqa: F811
+    """Parity is measured on the CPU provider, one thread (eager torch at batch 2 only spins with
+    more), logging errors only: an export prints no ONNX Runtime warnings."""
+    from edgelm.export.validate import session
+
+    for threads in (1, 2):
+        sess = session(bundle_dir("lstm") / "step.onnx", threads=threads)
+        opts = sess.get_session_options()
+        assert sess.get_providers() == ["CPUExecutionProvider"]
+        assert (opts.intra_op_num_threads, opts.log_severity_level) == (threads, 3)
