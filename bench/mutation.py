@@ -176,7 +176,9 @@ def run(args) -> None:
     if not groups:
         sys.exit(f"no group mutates {args.modules}; groups: {GROUPS}")
     mutmut = Path(sys.executable).parent / "mutmut"
-    command = "make mutate" + (f" MUTATE_MODULES='{' '.join(args.modules)}'" if args.modules else "")
+    flags = ["--resume"] * args.resume + ["--retest-survivors"] * args.retest_survivors
+    command = "make mutate" + (f" MUTATE_MODULES='{' '.join(args.modules)}'" if args.modules else "") + (
+        f" MUTATE_ARGS='{' '.join(flags)}'" if flags else "")
     meta = {"groups_run": {}, "wall_time_s": 0.0, "jobs": args.jobs, "command": command,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "modules_requested": args.modules,
             "git_head": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()}
@@ -184,7 +186,7 @@ def run(args) -> None:
         prev = json.loads((WORK / "run.json").read_text())
         meta.update(groups_run=prev.get("groups_run", {}), wall_time_s=prev.get("wall_time_s", 0.0),
                     date=prev.get("date", meta["date"]),
-                    command=f"{prev.get('command')}; {command} MUTATE_ARGS=--resume",
+                    command=f"{prev.get('command')}; {command}",
                     modules_requested=sorted(set(prev.get("modules_requested") or []) | set(args.modules)))
     exported = args.resume and (WORK / "bundles").is_dir()
     for group in groups:
