@@ -15,7 +15,7 @@ import torch
 from runtime_fixtures import ARCHS, MODELS
 from edgelm.checkpoint import load_model
 from edgelm.export.fused import FusedPrefill, fuse
-from edgelm.export.validate import text_streams
+from edgelm.export.validate import one_thread, text_streams
 
 # Max |difference| (logits, state) over steps and prefill, measured with this file's protocol
 # on the committed models (2026-11-27, torch 2.13 CPU, x86), times 4, rounded up. torch's CPU
@@ -34,10 +34,8 @@ DTYPES = [torch.float32, torch.float16]
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # eager steps at batch 2 only spin with more
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():  # eager steps at batch 2 only spin with more
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 from runtime_fixtures import ARCHS, MODELS, bundle_dir, prebuilt  # noqa: F401
 from edgelm.checkpoint import load_model
 from edgelm.export import export_bundle
-from edgelm.export.validate import STEPS, text_streams
+from edgelm.export.validate import STEPS, one_thread, text_streams
 from edgelm.runtime import GREEDY, Session, load_bundle
 from edgelm.vocab import PRIME_BYTE
 
@@ -37,10 +37,8 @@ TOL = {
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # eager steps at batch 1 only spin with more
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():  # eager steps at batch 1 only spin with more
+        yield
 
 
 @pytest.fixture(scope="module")
