@@ -107,20 +107,27 @@ def _toml_list(items) -> str:
     return "[" + ", ".join(json.dumps(str(x)) for x in items) + "]"
 
 
+def copy_wheel_layout(ws: Path) -> None:
+    """ws/src/edgelm (the wheel's layout: edgelm/ first, the mapped packages inside it), ws/tests,
+    ws/models, and ws/site/sitecustomize.py: with PYTHONPATH=ws/site:ws/src, `import edgelm` is
+    this copy, in subprocesses too."""
+    ws.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for top, dst in LAYOUT.items():
+        shutil.copytree(ROOT / top, ws / "src" / dst, ignore=ignore, dirs_exist_ok=True)
+    for d in ("tests", "models"):
+        shutil.copytree(ROOT / d, ws / d, ignore=ignore, dirs_exist_ok=True)
+    (ws / "site").mkdir(exist_ok=True)
+    (ws / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+
+
 def prepare(group: str, resume: bool) -> Path:
     """The workspace build/mutate/<group>/ (wiped first unless resume)."""
     modules, tests, prebuilt = GROUPS[group]
     ws = WORK / group
     if ws.exists() and not resume:
         shutil.rmtree(ws)
-    ws.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for top, dst in LAYOUT.items():  # the wheel's layout: edgelm/ first, the mapped packages inside it
-        shutil.copytree(ROOT / top, ws / "src" / dst, ignore=ignore, dirs_exist_ok=True)
-    for d in ("tests", "models"):
-        shutil.copytree(ROOT / d, ws / d, ignore=ignore, dirs_exist_ok=True)
-    (ws / "site").mkdir(exist_ok=True)
-    (ws / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    copy_wheel_layout(ws)
     (ws / "site" / "edgelm_mutate_guard.py").write_text(GUARD)
     # exists before mutmut starts: a PYTHONPATH entry missing at startup is cached as absent
     (ws / "mutants" / "src").mkdir(parents=True, exist_ok=True)

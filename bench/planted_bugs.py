@@ -3,9 +3,9 @@ run the tests that must catch it, and record whether they fail.
 
     .venv/bin/python bench/planted_bugs.py      # about 3 minutes on 2 cores
 
-Writes bench/results/planted_bugs.json. The copy imports its own edgelm (a conftest.py that drops
-the editable install's finder), so the repo itself is never touched. The TensorRT backend's plants
-live in tests/test_trt_backend.py, which runs them against the TensorRT stand-in.
+Writes bench/results/planted_bugs.json. The copy is laid out as make mutate's workspaces are
+(bench/mutation.py: copy_wheel_layout) and its tests import it, so the repo is never touched.
+The TensorRT backend's plants live in tests/test_trt_backend.py, run against the TensorRT stand-in.
 """
 import json
 import os
@@ -18,6 +18,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1]
 WORK = Path(tempfile.mkdtemp(prefix="edgelm-plant-"))
 OUT = SRC / "bench" / "results" / "planted_bugs.json"
+from mutation import LAYOUT, copy_wheel_layout  # noqa: E402  (bench/ is the script's directory)
 PLANTS = [
  ("prefill logits never reach the pool", "runtime/session.py",
   "            self.logits_pool[self._resident_idx] = logits\n", "            pass  # planted\n",
@@ -52,23 +53,27 @@ PLANTS = [
 ]
 
 
-def fresh():
+def fresh() -> dict:
+    """A clean copy in the wheel's layout; the environment that makes its tests import it."""
     shutil.rmtree(WORK, ignore_errors=True)
-    shutil.copytree(SRC, WORK / "repo", ignore=shutil.ignore_patterns(".venv", "build", ".git", "__pycache__", "bench", "mutants"))
-    pkg = WORK / "pkg" / "edgelm"; pkg.mkdir(parents=True)
-    for f in (WORK / "repo" / "edgelm").iterdir():
-        os.symlink(f, pkg / f.name)
-    for top in ("export", "runtime", "devices"):
-        os.symlink(WORK / "repo" / top, pkg / top)
-    (WORK / "repo" / "tests" / "conftest.py").write_text(
-        "import sys\nsys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in str(f).lower()]\n"
-        f"sys.path.insert(0, {str(WORK / 'pkg')!r})\nimport edgelm.runtime.session as _s\nassert 'plant' in _s.__file__, _s.__file__\n")
+    copy_wheel_layout(WORK)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WORK / "site"), str(WORK / "src")]))
+    env.pop("EDGELM_TEST_BUNDLES", None)
+    where = subprocess.run([sys.executable, "-c", "import edgelm.runtime; print(edgelm.runtime.__file__)"],
+                           env=env, cwd=WORK, capture_output=True, text=True, check=True).stdout
+    assert Path(where.strip()).is_relative_to(WORK), where  # the planted copy, not the repo
+    return env
+
+
+def planted_path(file: str) -> Path:
+    top, _, rest = file.partition("/")
+    return WORK / "src" / LAYOUT[top] / rest
 
 
 results = []
 for name, file, old, new, tests in PLANTS:
-    fresh()
-    p = WORK / "repo" / file
+    env = fresh()
+    p = planted_path(file)
     text = p.read_text()
     assert text.count(old) == 1, (name, file)
     text = text.replace(old, new)
@@ -76,7 +81,7 @@ for name, file, old, new, tests in PLANTS:
         text = text.replace("class Session:", "_LEAK = []\n\n\nclass Session:")
     p.write_text(text)
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                         cwd=WORK / "repo", capture_output=True, text=True, timeout=900)
+                         cwd=WORK, env=env, capture_output=True, text=True, timeout=900)
     tail = [l for l in res.stdout.splitlines() if l.startswith(("FAILED", "ERROR")) or " passed" in l or " failed" in l]
     results.append({"bug": name, "caught": res.returncode != 0, "by": tail[:3]})
     print(json.dumps(results[-1]), flush=True)
