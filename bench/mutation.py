@@ -320,10 +320,49 @@ def _count_not_run(wanted: list[str], done: dict) -> dict:
         os.chdir(here)
 
 
-def report() -> None:
-    from mutmut.configuration import reset_config
+DETECTED = ("killed", "timeout", "segfault")  # the tests failed, hung or crashed
+UNTESTED = ("not checked", "skipped")
+
+
+def _module_result(ws: Path, src_rel: str, group: str, notes: dict, survivors: list) -> dict:
+    """One mutated module's counts (cwd: its workspace); its survivors are appended to `survivors`."""
     from mutmut.mutation.data import SourceFileMutationData
     from mutmut.stats import status_by_exit_code
+
+    data = SourceFileMutationData(path=src_rel)
+    data.load()
+    counts: dict[str, int] = {}
+    for key, code in sorted(data.exit_code_by_key.items()):
+        status = status_by_exit_code[code]
+        counts[status] = counts.get(status, 0) + 1
+        if status not in DETECTED + UNTESTED:
+            survivors.append(_survivor(ws, src_rel, key, status, notes))
+    checked = sum(counts.values()) - sum(counts.get(s, 0) for s in UNTESTED)
+    killed = sum(counts.get(s, 0) for s in DETECTED)
+    live = ROOT / _repo_path(src_rel)
+    return {"source_changed_since_run": not live.exists() or live.read_bytes() != (ws / src_rel).read_bytes(),
+            "score": round(killed / checked, 4) if checked else None, "killed": killed,
+            "total": checked, "survived": counts.get("survived", 0), "no_tests": counts.get("no tests", 0),
+            "timeout": counts.get("timeout", 0), "segfault": counts.get("segfault", 0),
+            "not_checked": counts.get("not checked", 0),
+            "other": {k: v for k, v in counts.items() if k not in (
+                "killed", "survived", "no tests", "timeout", "segfault", "not checked")}, "group": group}
+
+
+def _projection(modules: dict, groups: dict, not_run: dict) -> float:
+    """Wall seconds for the mutants not tested yet: each module's count x the seconds per mutant of
+    its group's run (else of all runs)."""
+    per = {g: (info["wall_time_s"], sum(m["total"] for m in modules.values() if m["group"] == g))
+           for g, info in groups.items()}
+    overall = sum(t for t, _ in per.values()) / max(1, sum(n for _, n in per.values()))
+    rate = {g: t / n if n else overall for g, (t, n) in per.items()}
+    rest = {**not_run, **{k: m["not_checked"] for k, m in modules.items() if m["not_checked"]}}
+    return sum(n * rate.get(next(g for g, (mods, _, _) in GROUPS.items() if _matches(k, mods)), overall)
+               for k, n in rest.items())
+
+
+def report() -> None:
+    from mutmut.configuration import reset_config
 
     run_meta = json.loads((WORK / "run.json").read_text()) if (WORK / "run.json").exists() else {}
     notes = json.loads(NOTES.read_text()) if NOTES.exists() else {}
@@ -340,26 +379,7 @@ def report() -> None:
         try:
             for meta in sorted(Path("mutants/src").rglob("*.py.meta")):
                 src_rel = str(meta.relative_to("mutants"))[: -len(".meta")]
-                data = SourceFileMutationData(path=src_rel)
-                data.load()
-                counts = {}
-                for key, code in sorted(data.exit_code_by_key.items()):
-                    status = status_by_exit_code[code]
-                    counts[status] = counts.get(status, 0) + 1
-                    if status not in ("killed", "timeout", "segfault", "not checked", "skipped"):
-                        survivors.append(_survivor(ws, src_rel, key, status, notes))
-                total = sum(counts.values())
-                checked = total - counts.get("not checked", 0) - counts.get("skipped", 0)
-                killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("segfault", 0)
-                live = ROOT / _repo_path(src_rel)
-                modules[_repo_path(src_rel)] = {
-                    "source_changed_since_run": not live.exists() or live.read_bytes() != (ws / src_rel).read_bytes(),
-                    "score": round(killed / checked, 4) if checked else None, "killed": killed,
-                    "total": checked, "survived": counts.get("survived", 0), "no_tests": counts.get("no tests", 0),
-                    "timeout": counts.get("timeout", 0), "segfault": counts.get("segfault", 0),
-                    "not_checked": counts.get("not checked", 0),
-                    "other": {k: v for k, v in counts.items() if k not in (
-                        "killed", "survived", "no tests", "timeout", "segfault", "not checked")}, "group": group}
+                modules[_repo_path(src_rel)] = _module_result(ws, src_rel, group, notes, survivors)
         finally:
             os.chdir(here)
     for name, m in modules.items():  # survivors explained as equivalent cannot be killed by any test
@@ -370,13 +390,7 @@ def report() -> None:
     equivalent = sum(m["equivalent"] for m in modules.values())
     wanted = [m for mods, _, _ in GROUPS.values() for m in mods]
     not_run = _count_not_run(wanted, modules)
-    # projection: each module's untested mutants x the wall seconds per mutant of its group's run (else overall)
-    per = {g: (info["wall_time_s"], sum(m["total"] for m in modules.values() if m["group"] == g)) for g, info in groups.items()}
-    overall = sum(t for t, _ in per.values()) / max(1, sum(n for _, n in per.values()))
-    rate = {g: t / n if n else overall for g, (t, n) in per.items()}
-    rest = {**not_run, **{k: m["not_checked"] for k, m in modules.items() if m["not_checked"]}}
-    projected = sum(n * rate.get(next(g for g, (mods, _, _) in GROUPS.items() if _matches(k, mods)), overall)
-                    for k, n in rest.items())
+    projected = _projection(modules, groups, not_run)
     result = {
         "score": round(killed / total, 4) if total else None,
         "killed": killed, "total": total,
