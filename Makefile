@@ -10,14 +10,14 @@ DEMO_MODEL ?= models/mamba-tiny.pt
 HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
 
-.PHONY: install demo test clean mutate mutate-report
+.PHONY: install demo test clean mutate mutate-report quant-bench
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[export,sign,test]'
+	$(PY) -m pip install -q -e '.[export,sign,plot,test]'
 	$(PY) -m pip install -q --no-deps tensorrt-stubs
 	touch $@
 
@@ -53,6 +53,15 @@ mutate: $(VENV)/.mutmut-$(MUTMUT_VERSION)
 
 mutate-report: $(VENV)/.mutmut-$(MUTMUT_VERSION)
 	$(PY) bench/mutation.py report
+
+# Issue 10's quantization benchmark (~25 min on 2 cores): edgelm's w8/w8a8-naive/w8a8/w4 bundles next
+# to ORT quantize_dynamic/quantize_static and torch.ao dynamic int8 on every reference model. Writes
+# bench/results/quant_bench.json and bench/results/quant_bench.md; QUANT_BENCH_ARGS passes options
+# (e.g. QUANT_BENCH_ARGS="--models lstm --recipes w8,w8a8").
+QUANT_BENCH_ARGS ?=
+
+quant-bench: install
+	$(PY) bench/quant_bench.py --out bench/results/quant_bench.json $(QUANT_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -60,6 +60,9 @@ GROUPS = {
     "export": (["export/validate.py", "export/fused/*.py"],
                ["test_fused_forms.py", "test_validate.py",
                 "test_export.py::test_prefill_leaves_the_state_stepping_leaves"], True),
+    # the quantizer: methods and Q/DQ ops alone, the injected-outlier targets, the CLI end to end
+    "quant": (["export/quant/*.py", "export/trt_qdq.py"],
+              ["test_quant_methods.py", "test_quant_outliers.py", "test_quant_cli.py", "test_trt_qdq.py"], False),
 }
 
 SITECUSTOMIZE = '''\

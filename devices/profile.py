@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..precision import NAMES as PRECISIONS  # the precision rules' one owner
-from ..precision import exported
+from ..precision import requestable
 
 FAMILIES = ("jetson", "gpu", "cpu")
+# GPU architecture by compute capability (https://developer.nvidia.com/cuda-gpus); a major alone
+# names every minor of it. Thor is sm 11.0 under CUDA 13 (10.1 before).
+ARCHITECTURES = {"5": "Maxwell", "6": "Pascal", "7.0": "Volta", "7.2": "Volta", "7.5": "Turing",
+                 "8.0": "Ampere", "8.6": "Ampere", "8.7": "Ampere", "8.9": "Ada", "9": "Hopper",
+                 "10": "Blackwell", "11": "Blackwell", "12": "Blackwell"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,12 @@ class DeviceProfile:
     def tensorrt_major(self) -> int | None:
         majors = [int(v.split(".")[0]) for v in self.tensorrt_versions]
         return max(majors) if majors else None
+
+    @property
+    def architecture(self) -> str | None:
+        """The GPU architecture ("Ampere"); None for CPUs and unknown compute capabilities."""
+        cc = self.compute_capability
+        return None if cc is None else ARCHITECTURES.get(cc, ARCHITECTURES.get(cc.split(".")[0]))
 
     def supports(self, precision: str) -> bool:
         return precision in self.precisions
@@ -72,8 +83,8 @@ def check_profile(p: DeviceProfile) -> list[str]:
         problems.append("app_memory_fraction must be in (0, 1]")
     if not set(p.precisions) <= set(PRECISIONS) or p.default_precision not in p.precisions:
         problems.append(f"precisions {p.precisions} / default {p.default_precision} invalid")
-    if p.default_precision not in exported():
-        problems.append(f"default_precision must be one edgelm exports: {', '.join(exported())}")
+    if p.default_precision not in requestable():
+        problems.append(f"default_precision must be one --precision can ask for: {', '.join(requestable())}")
     if not 0 <= p.builder_optimization_level <= 5 or p.default_max_streams < 1:
         problems.append("builder_optimization_level must be 0-5 and default_max_streams >= 1")
     if p.memory_gib <= 0 or p.memory_bandwidth_gbs <= 0 or not p.sources:

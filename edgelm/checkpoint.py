@@ -1,5 +1,9 @@
 """Checkpoint IO: `model.pt` = {"format": "edgelm", "version": 1, "arch", "config", "state_dict", ...}.
 
+A quantized checkpoint (`edgelm quantize`) is version 2: the same fp32 model plus a "quant"
+entry (export/quant/stored.py), so an edgelm that cannot apply it refuses it instead of
+silently running the float model.
+
 Files are always read with torch.load(weights_only=True): a file that needs pickled code is
 refused before any of it runs. Every problem with a file becomes a one-line EdgelmError that
 names the fix. A file that is not an edgelm checkpoint but holds a classic char-RNN state_dict
@@ -22,7 +26,8 @@ from .fileio import atomic_path
 from .models import ARCHS, ByteLM, build_model
 from .statedict import check_state_dict
 
-FORMAT, VERSION = "edgelm", 1
+FORMAT, VERSION = "edgelm", 2
+QUANTIZED_VERSION = 2  # the version a checkpoint with a "quant" entry is written as; plain ones stay 1
 
 
 def save_model(model: ByteLM, path: str | Path, extra: dict | None = None,
@@ -30,7 +35,8 @@ def save_model(model: ByteLM, path: str | Path, extra: dict | None = None,
     """Write `model` atomically. dtype=torch.float16 stores weights in half (loads back as fp32)."""
     state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
              for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "arch": model.arch,
+    version = QUANTIZED_VERSION if "quant" in (extra or {}) else 1
+    payload = {"format": FORMAT, "version": version, "arch": model.arch,
                "config": model.config_dict(), "state_dict": state,
                "dtype": str(dtype).replace("torch.", ""), **(extra or {})}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -63,13 +63,40 @@ def train(corpus: List[Path] = typer.Argument(..., help="Text files to train on.
 
 
 @app.command("eval")
-def eval_cmd(model: Path, data: Path = typer.Option(..., help="Held-out text file."),
+def eval_cmd(model: Path = typer.Argument(..., help="A checkpoint (.pt) or a bundle directory."),
+             data: Path = typer.Option(..., help="Held-out text file."),
              as_json: bool = typer.Option(False, "--json")) -> None:
-    """Bits per byte of a model on a file (streamed; memory does not grow with the file)."""
-    from .evaluate import evaluate_file
+    """Bits per byte of a model on a file (streamed; memory does not grow with the file).
+    MODEL: a checkpoint (.pt) or a bundle directory, whose step graph runs in the runtime (no torch)."""
+    if model.is_dir():  # a bundle: numpy + onnxruntime only, torch is never imported
+        from .runtime.evaluate import bundle_bits_per_byte
 
-    res = evaluate_file(model, data)
+        res = bundle_bits_per_byte(model, data)
+    else:
+        from .evaluate import evaluate_file
+
+        res = evaluate_file(model, data)
     _emit(res, as_json, f"{res['bits_per_byte']:.4f} bits/byte over {res['bytes']:,} bytes")
+
+
+@app.command()
+def quantize(model: Path,
+             more_calib: Optional[List[Path]] = typer.Argument(None, metavar="[FILE...]",
+                                                              help="More calibration files: --calib A B C."),
+             recipe: str = typer.Option(..., help="w8, w8a8-naive, w8a8 or w4."),
+             calib: List[Path] = typer.Option(..., help="Calibration text (32 KiB minimum, a few hundred KB recommended)."),
+             output: Path = typer.Option(..., "-o", "--output", help="Quantized checkpoint to write."),
+             data: Optional[Path] = typer.Option(None, help="Held-out text for the report's BPB (default: the last 10% of --calib)."),
+             report: Optional[Path] = typer.Option(None, help="Write the full report as JSON."),
+             plot: Optional[Path] = typer.Option(None, help="Plot per-channel activation ranges (needs matplotlib)."),
+             group: int = typer.Option(64, help="int4 group size (w4): 32, 64 or 128.")) -> None:
+    """Post-training quantization with outlier-aware channel handling: MODEL -> OUT.pt + report."""
+    from .export.quant import quantize_checkpoint
+    from .export.quant.report import format_report
+
+    res = quantize_checkpoint(model, recipe, [*calib, *(more_calib or [])], output, data, report, plot, group,
+                              progress=sys.stderr.isatty())
+    _say(format_report(res) + f"\nwrote {output}")
 
 
 @app.command()

@@ -49,6 +49,34 @@ class BPBMeter:
         return self.nats / self.count / math.log(2)
 
 
+class StepMeter(BPBMeter):
+    """The same measure through a single-step form, one byte at a time: `form(byte_ids (1,),
+    *state) -> (logits (1, 256), *state)`. A quantized checkpoint's fused form runs this way, so
+    its BPB is what the exported step graph computes (export/quant/)."""
+
+    def __init__(self, form, model: ByteLM):
+        super().__init__(model)
+        self.form = form.eval()
+
+    @torch.no_grad()
+    def feed(self, data: bytes) -> None:
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)  # batch 1, tiny matmuls: extra threads only spin
+        try:
+            self._feed(data)
+        finally:
+            torch.set_num_threads(n)
+
+    def _feed(self, data: bytes) -> None:
+        state = self.state
+        for b in data:
+            logits, *state = self.form(torch.tensor([self.prev]), *state)
+            self.nats += F.cross_entropy(logits.double(), torch.tensor([b]), reduction="sum").item()
+            self.prev = b
+        self.state = tuple(state)
+        self.count += len(data)
+
+
 def bits_per_byte(model: ByteLM, data: bytes) -> float:
     """Mean bits per byte of `model` on in-memory `data` (see the module docstring)."""
     meter = BPBMeter(model)
@@ -58,15 +86,23 @@ def bits_per_byte(model: ByteLM, data: bytes) -> float:
 
 def evaluate_file(model_path: str | Path, data_path: str | Path) -> dict:
     """BPB of a checkpoint on a file, read in 64 KiB chunks: memory does not grow with the file."""
-    from .checkpoint import load_model
-
     data_path = Path(data_path)
     if not data_path.is_file():
         raise EdgelmError(f"data file {data_path} does not exist (or is not a file)")
-    meter = BPBMeter(load_model(model_path))
+    meter = meter_for(model_path)
     with open(data_path, "rb") as f:
         while chunk := f.read(READ_CHUNK):
             meter.feed(chunk)
     if meter.count == 0:
         raise EdgelmError(f"data file {data_path} is empty; pass a file with some text")
     return {"bits_per_byte": meter.bits_per_byte(), "bytes": meter.count}
+
+
+def meter_for(model_path: str | Path) -> BPBMeter:
+    """A float checkpoint's meter, or a quantized one's (its fake-quantized fused form, stepped)."""
+    from .export.quant.stored import load_quantized, quantized_form
+
+    model, quant, _ = load_quantized(model_path)
+    if quant is None:
+        return BPBMeter(model)
+    return StepMeter(quantized_form(model, quant, str(model_path)), model)

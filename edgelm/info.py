@@ -23,6 +23,12 @@ def model_info(path: str | Path) -> dict:
             "state_bytes_per_stream": model.state_bytes_per_stream(4),
             "state": [{"name": n, "shape": list(s)} for n, s in model.state_spec()],
             "source": meta.get("source", "edgelm")}
+    if meta.get("quant") is not None:
+        from .export.quant.stored import quant_of
+
+        q = quant_of(meta, str(path))
+        info["quantization"] = {"recipe": q["recipe"], "precision": q["precision"], "group": q["group"],
+                                "sites": len(q["records"]), **q.get("summary", {})}
     if "train" in meta:
         info["train"] = {k: meta["train"][k] for k in ("steps", "seed", "val_bpb") if k in meta["train"]}
     return info
@@ -41,6 +47,10 @@ def _provenance_lines(info: dict) -> list[str]:
                      f"held-out {t['val_bpb']:.3f} bits/byte")
     if info.get("source") != "edgelm":
         lines.append(f"source      {info['source']}")
+    q = info.get("quantization")
+    if q:
+        delta = f", held-out {q['bpb_fp32']:.4f} -> {q['bpb_quant']:.4f} bits/byte" if "bpb_quant" in q else ""
+        lines.append(f"quantized   {q['recipe']} ({q['precision']}, {q['sites']} sites){delta}")
     return lines
 
 

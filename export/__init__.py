@@ -1,7 +1,8 @@
 """The compiler side: checkpoint -> loop-free ONNX step/prefill graphs -> validated bundle.
 
     export_bundle(model_path, target, precision, out_dir, force=False) -> verified Manifest
-    check_tensorrt_compat(onnx_model, profile) -> list of problems (empty: builds)
+    check_tensorrt_compat(onnx_model, profile, base_dir) -> list of problems (empty: builds);
+                                   base_dir: where external weights are, for value checks
     fused.fuse(model, dtype) -> the few-node single-step module the graphs are exported from
                                    (export/fused/, one file per architecture)
 
@@ -17,10 +18,10 @@ def export_bundle(model_path, target="cpu", precision=None, out_dir="bundle", fo
     return _export_bundle(model_path, target, precision, out_dir, force=force, **kw)
 
 
-def check_tensorrt_compat(onnx_model, profile) -> list[str]:
+def check_tensorrt_compat(onnx_model, profile, base_dir: str | None = None) -> list[str]:
     from .trt_ops import check_tensorrt_compat as _check
 
-    return _check(onnx_model, profile)
+    return _check(onnx_model, profile, base_dir)
 
 
 __all__ = ["check_tensorrt_compat", "export_bundle"]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # torch and onnx load only once the cheap checks passed: bad 
     from ..precision import Precision
 
 MIB = 1 << 20
+INT4_EXPORT_OPSET = 20  # the legacy exporter's newest; lower_blocked_dq lifts int4 graphs to 21
 ACT_FACTOR = 16  # live activation tensors per position (gates, norms, MLP), a rough upper bound
 
 
@@ -79,7 +80,7 @@ def _graph(path: Path, chunk: int | None, profile, state: tuple[StateTensor, ...
     from .onnx_export import io_spec
 
     model = onnx.load(str(path), load_external_data=False)
-    problems = check_tensorrt_compat(model, profile)
+    problems = check_tensorrt_compat(model, profile, base_dir=str(path.parent))  # values in weights.bin too
     if problems:
         raise EdgelmError(f"{path.name} will not build with TensorRT on {profile.name}: {problems[0]}"
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
@@ -89,6 +90,14 @@ def _graph(path: Path, chunk: int | None, profile, state: tuple[StateTensor, ...
     if (tuple(inputs), tuple(outputs)) != graph_io(state, chunk):  # the exporter's own contract
         raise RuntimeError(f"{path.name} was exported with an unexpected interface: {spec}")
     return GraphSpec(path.name, len(model.graph.node), tuple(inputs), tuple(outputs), chunk, (fmt.WEIGHTS,))
+
+
+def _graph_opset(path: Path) -> int:
+    import onnx
+
+    from .trt_ops import graph_opset
+
+    return graph_opset(onnx.load(str(path), load_external_data=False))
 
 
 def _state(model: ByteLM) -> tuple[StateTensor, ...]:
@@ -106,27 +115,48 @@ def _build_script(manifest: Manifest, profile) -> str:
     return build_engine_script(manifest, profile)
 
 
-def _graphs(tmp: Path, model: ByteLM, profile, precision: Precision, chunk: int, opset: int) -> tuple[dict, dict]:
-    """Write, check and validate step.onnx + prefill.onnx sharing weights.bin: (graphs, validation)."""
+def _graphs(tmp: Path, model: ByteLM, profile, precision: Precision, chunk: int, opset: int,
+            quant: dict | None) -> tuple[dict, dict]:
+    """Write, check and validate step.onnx + prefill.onnx sharing weights.bin: (graphs, validation).
+    A quantized checkpoint's graphs are its fused form with Q/DQ, checked against that form."""
     from .graph_passes import share_weights
     from .onnx_export import export_prefill, export_step
-    from .validate import validate
+    from .validate import FormReference, validate
 
+    form = reference = None
+    if quant is not None:
+        from .quant.stored import quantized_form
+
+        # TensorRT's Gather takes no INT8: its graphs dequantize tables before the Gather
+        form = quantized_form(model, quant, "quantized checkpoint", dq_first=bool(profile.tensorrt_versions))
+        reference = FormReference(form, model)
     step, prefill = tmp / fmt.STEP_GRAPH, tmp / fmt.PREFILL_GRAPH
-    export_step(model, step, precision.name, opset)
-    export_prefill(model, prefill, precision.name, chunk, opset)
+    export_step(model, step, precision.name, opset, form)
+    export_prefill(model, prefill, precision.name, chunk, opset, form)
     state = _state(model)
     graphs = {"step": _graph(step, None, profile, state), "prefill": _graph(prefill, chunk, profile, state)}
     share_weights([step, prefill], tmp / fmt.WEIGHTS)
-    validation = validate(model, step, prefill, precision, chunk)
+    validation = validate(model, step, prefill, precision, chunk, reference)
     validation["tensorrt_ops"] = "ok" if profile.tensorrt_versions else "n/a (no TensorRT on this target)"
     return graphs, validation
 
 
+def _quantization(quant: dict | None) -> dict:
+    """The manifest's record of a quantized checkpoint's recipe (empty for float bundles)."""
+    if quant is None:
+        return {}
+    summary = quant.get("summary", {})
+    return {"recipe": quant["recipe"], "group": quant["group"], "sites": len(quant["records"]),
+            "methods": sorted({r.get("method", "int8 per column") for r in quant["records"].values()}),
+            "calibration": quant["calibration"],
+            **{k: summary[k] for k in ("bpb_fp32", "bpb_quant", "delta_bpb") if k in summary}}
+
+
 def _write_bundle(tmp: Path, model: ByteLM, profile, precision: Precision, chunk: int, est: dict,
-                  with_reference: bool) -> Manifest:
-    opset = target_opset(profile, OPSET)
-    graphs, validation = _graphs(tmp, model, profile, precision, chunk, opset)
+                  with_reference: bool, quant: dict | None = None) -> Manifest:
+    opset = target_opset(profile, OPSET if precision.name != "int4" else INT4_EXPORT_OPSET)
+    graphs, validation = _graphs(tmp, model, profile, precision, chunk, opset, quant)
+    opset = max(opset, *(_graph_opset(tmp / g.file) for g in graphs.values()))
     if with_reference:
         from ..checkpoint import save_model
 
@@ -135,7 +165,7 @@ def _write_bundle(tmp: Path, model: ByteLM, profile, precision: Precision, chunk
         arch=model.arch, config=model.config_dict(), params=model.num_params(), precision=precision.name,
         opset=opset, max_streams=profile.default_max_streams,
         target=profile.to_dict(), state=_state(model), graphs=graphs, files={}, validation=validation,
-        memory=est, edgelm_version=__version__)
+        memory=est, edgelm_version=__version__, quantization=_quantization(quant))
     atomic_write_text(tmp / fmt.BUILD_SCRIPT, _build_script(manifest, profile))
     names = [fmt.STEP_GRAPH, fmt.PREFILL_GRAPH, fmt.WEIGHTS, fmt.BUILD_SCRIPT]
     names += [fmt.REFERENCE] if with_reference else []
@@ -155,15 +185,31 @@ def export_bundle(model_path: str | Path, target: str = "cpu", precision: str | 
     """
     out = Path(out_dir)
     profile = get_profile(target)
-    prec = precisions.for_target(profile, precision)
+    prec = precisions.for_target(profile, precision) if precision is not None else None
     if not 1 <= chunk <= fmt.MAX_CHUNK:
         raise EdgelmError(f"prefill chunk must be 1..{fmt.MAX_CHUNK} bytes, not {chunk}")
     out = check_output_dir(out, force)
-    from ..checkpoint import load_model
+    from .quant.stored import load_quantized
 
-    model = load_model(model_path)
+    model, quant, _ = load_quantized(model_path)
+    prec = _precision(profile, prec, quant, model_path)
+    if quant is not None and with_reference:
+        raise EdgelmError("--with-reference stores a float model for the torch backend; a quantized "
+                          "checkpoint's bundle has none: export without --with-reference")
     est = memory_estimate(model, prec, profile.default_max_streams, chunk)
     check_memory(est, profile, profile.default_max_streams)
     with atomic_dir(out) as tmp:
-        _write_bundle(tmp, model, profile, prec, chunk, est, with_reference)
+        _write_bundle(tmp, model, profile, prec, chunk, est, with_reference, quant)
     return load_bundle(out).manifest
+
+
+def _precision(profile, requested: Precision | None, quant: dict | None, model_path) -> Precision:
+    """A float checkpoint: --precision or the target's default. A quantized one: its own
+    precision, if the target runs it (--precision is then refused: the checkpoint decides)."""
+    if quant is None:
+        return requested or precisions.for_target(profile, None)
+    if requested is not None:
+        raise EdgelmError(f"{model_path} is quantized ({quant['recipe']}, {quant['precision']}): it exports "
+                          "in its own precision; drop --precision")
+    precisions.check_quantized_target(profile, quant["precision"])
+    return precisions.get(quant["precision"])

@@ -23,7 +23,7 @@ from ..errors import EdgelmError
 from ..models import ByteLM
 from ..runtime.manifest import state_io
 from .fused import FusedPrefill, fuse
-from .graph_passes import compact, tidy
+from .graph_passes import compact, lower_blocked_dq, tidy, unfuse_dq_gemm
 from .validate import one_thread
 
 OPSET = 17  # lowered per target to what its TensorRT parses (trt_ops.target_opset)
@@ -55,9 +55,17 @@ def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: in
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False,
-                          do_constant_folding=True, external_data=False)
+                          do_constant_folding=True, external_data=False, custom_opsets=_custom_opsets(module))
+    unfuse_dq_gemm(path)  # quantized forms: the MatMul + Add ONNX Runtime fuses into integer kernels
     tidy(path)
     compact(path)
+    lower_blocked_dq(path)  # int4 weights: edgelm.DequantizeBlocked -> opset 21 DequantizeLinear
+
+
+def _custom_opsets(module: nn.Module) -> dict:
+    """The `edgelm` domain where a form has int4 sites (blocked DQ placeholders), else none."""
+    blocked = any(getattr(m, "group", 0) for m in module.modules() if type(m).__name__ == "QuantMatMul")
+    return {"edgelm": 1} if blocked else {}
 
 
 def _compute_dtype(precision: str) -> torch.dtype:
@@ -73,13 +81,15 @@ def example_args(model: ByteLM, batch: int = 2, chunk: int | None = None) -> tup
     return (torch.zeros(shape, dtype=torch.long), *model.init_state(batch))
 
 
-def export_step(model: ByteLM, path: str | Path, precision: str = "fp32", opset: int = OPSET) -> None:
-    _export(fuse(model, _compute_dtype(precision)), example_args(model), Path(path), model, opset)
+def export_step(model: ByteLM, path: str | Path, precision: str = "fp32", opset: int = OPSET,
+                form: nn.Module | None = None) -> None:
+    """The step graph of `form` (a quantized fused form), else of the model fused in `precision`."""
+    _export(form or fuse(model, _compute_dtype(precision)), example_args(model), Path(path), model, opset)
 
 
 def export_prefill(model: ByteLM, path: str | Path, precision: str = "fp32",
-                   chunk: int = DEFAULT_CHUNK, opset: int = OPSET) -> None:
-    module = FusedPrefill(fuse(model, _compute_dtype(precision)), chunk)
+                   chunk: int = DEFAULT_CHUNK, opset: int = OPSET, form: nn.Module | None = None) -> None:
+    module = FusedPrefill(form or fuse(model, _compute_dtype(precision)), chunk)
     _export(module, example_args(model, chunk=chunk), Path(path), model, opset)
 
 

@@ -3,7 +3,8 @@
 Every node is looked up in the parser's operator support matrix (data/tensorrt_onnx_ops.toml,
 transcribed from onnx-tensorrt docs/operators.md), with the float types each op accepts; the
 graph's precisions are checked against the device profile (fp16/bf16 support, INT8 Q/DQ, FP8
-only on sm >= 8.9) and its opset against the parser versions the target ships.
+only on sm >= 8.9, INT4 only with TensorRT 10+), its opset against the parser versions the target
+ships, and its Q/DQ placement against TensorRT's explicit-quantization rules (trt_qdq.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tomllib
 from importlib import resources
 
 from .. import precision as precisions
+from .trt_qdq import placement_problems
 
 TYPE_NAMES = {1: "FP32", 10: "FP16", 16: "BF16", 3: "INT8", 2: "UINT8", 6: "INT32", 7: "INT64", 9: "BOOL",
               17: "FP8", 18: "FP8", 19: "FP8", 20: "FP8", 22: "INT4", 21: "INT4", 23: "FP4"}
@@ -78,21 +80,35 @@ def _precision_problems(onnx_model, types: dict[str, str], profile) -> list[str]
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx_model.graph.node) and \
             not used & {"int8", "fp8", "int4", "fp4"}:
         used.add("int8")
-    problems = []
+    problems, versions = [], profile.tensorrt_versions
     for prec in sorted(used):
         if not profile.supports(prec):
             problems.append(f"the graph uses {prec} but {profile.name} supports only "
                             f"{', '.join(profile.precisions)}")
+        need = precisions.get(prec).min_tensorrt
+        old = [v for v in versions if need is not None and int(v.split(".")[0]) < need]
+        if old:
+            problems.append(f"the graph uses {prec}, which needs TensorRT {need}+, but {profile.name} "
+                            f"ships TensorRT {old[0]}")
     cc = profile.compute_capability
     if "fp8" in used and cc is not None and tuple(int(x) for x in cc.split(".")) < (8, 9):
         problems.append(f"the graph uses fp8 but {profile.name} is sm {cc}; FP8 needs sm 8.9+")
     return problems
 
 
-def check_tensorrt_compat(onnx_model, profile) -> list[str]:
+def qdq_problems(onnx_model, base_dir: str | None = None, types: dict | None = None) -> list[str]:
+    """TensorRT's explicit-quantization (Q/DQ placement) rules, one line per problem: see trt_qdq.py.
+    base_dir: the graph's external-data directory (values checked too); types: tensor_types(), if known."""
+    types = tensor_types(onnx_model) if types is None else types
+    return placement_problems(onnx_model, graph_opset(onnx_model), types, matrix()["supported"], base_dir)
+
+
+def check_tensorrt_compat(onnx_model, profile, base_dir: str | None = None) -> list[str]:
     """Problems that would stop TensorRT building this graph for `profile` (empty: none found).
 
-    Precision checks apply to every target; op and opset checks to targets that ship TensorRT.
+    Precision checks apply to every target; op, opset and Q/DQ placement checks to targets that
+    ship TensorRT. base_dir: the directory of the graph's external data, so that the Q/DQ checks
+    also read the values of initializers stored there (zero points, weight ranges, scales).
     """
     types = tensor_types(onnx_model)
     problems = _precision_problems(onnx_model, types, profile)
@@ -104,7 +120,8 @@ def check_tensorrt_compat(onnx_model, profile) -> list[str]:
         if limit is not None and opset > limit:
             problems.append(f"opset {opset} is newer than TensorRT {version}'s ONNX parser reads (<= {limit})")
     trt_major = min(int(v.split(".")[0]) for v in profile.tensorrt_versions)
-    return problems + _op_problems(onnx_model, types, trt_major)
+    problems += _op_problems(onnx_model, types, trt_major)
+    return problems + qdq_problems(onnx_model, base_dir, types)
 
 
 def target_opset(profile, preferred: int) -> int:

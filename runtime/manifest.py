@@ -48,7 +48,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ARCH = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _TOP = ("format", "format_version", "edgelm_version", "bundle_id", "arch", "config", "params", "vocab",
         "precision", "opset", "max_streams", "target", "state", "graphs", "validation", "memory",
-        "files", "built")
+        "files", "built", "quantization")
+_QUANTIZED = ("int8", "int4")  # precisions only a quantized checkpoint exports: "quantization" required
 _OUTSIDE_ID = ("bundle_id", "built")
 
 
@@ -146,6 +147,7 @@ class Manifest:
     validation: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
     built: dict[str, Artifact] = field(default_factory=dict)
+    quantization: dict = field(default_factory=dict)  # int8/int4: recipe, group, sites, calibration
     bundle_id: str = ""
     edgelm_version: str = ""  # the writer's: edgelm export sets it
     vocab: int = VOCAB
@@ -165,7 +167,8 @@ class Manifest:
 
     # -- writing -----------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "format_version": self.format_version,
+        quant = {"quantization": self.quantization} if self.quantization else {}  # absent for float bundles
+        return {**quant, "format": FORMAT, "format_version": self.format_version,
                 "edgelm_version": self.edgelm_version, "bundle_id": self.bundle_id, "arch": self.arch,
                 "config": self.config, "params": self.params, "vocab": self.vocab,
                 "precision": self.precision, "opset": self.opset, "max_streams": self.max_streams,
@@ -239,7 +242,7 @@ def from_dict(raw: dict, where: str) -> Manifest:
         max_streams=f.int("max_streams", 1, MAX_STREAMS), target=_target(f), state=state,
         graphs={}, files=files, validation=f.dict("validation"), memory=f.dict("memory"),
         built={}, bundle_id=f.match("bundle_id", _HEX64), edgelm_version=f.str("edgelm_version"),
-        vocab=f.int("vocab", VOCAB, VOCAB), format_version=FORMAT_VERSION)
+        vocab=f.int("vocab", VOCAB, VOCAB), format_version=FORMAT_VERSION, quantization=_quantization(f))
     graphs = f.dict("graphs")
     if sorted(graphs) != sorted(GRAPHS):
         raise f.error("graphs", f"must hold exactly {' and '.join(GRAPHS)}")
@@ -247,6 +250,21 @@ def from_dict(raw: dict, where: str) -> Manifest:
     built = {name: _artifact(Fields(a, where, f"built.{name}"), name, m)
              for name, a in f.dict("built").items()}
     return dataclasses.replace(m, built=built)
+
+
+def _quantization(f: Fields) -> dict:
+    """The recipe record of an int8/int4 bundle (required there, refused on float bundles)."""
+    quantized = f.raw.get("precision") in _QUANTIZED
+    if "quantization" not in f.raw:
+        if quantized:
+            raise f.error("quantization", f"is missing; an {f.raw['precision']} bundle records its recipe")
+        return {}
+    q = f.dict("quantization")
+    if not quantized:
+        raise f.error("quantization", "is only for int8/int4 bundles")
+    if not isinstance(q.get("recipe"), str) or not q["recipe"]:
+        raise f.error("quantization", "must name its recipe")
+    return q
 
 
 def check_version(raw: dict, where: str) -> None:

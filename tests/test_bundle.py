@@ -78,6 +78,8 @@ def test_unknown_target_lists_valid_ones(ckpt, tmp_path):
 
 def test_precision_the_target_lacks(ckpt, tmp_path, monkeypatch):
     with pytest.raises(EdgelmError, match="fp32 or fp16"):
+        export_bundle(ckpt, "jetson", "bf16", tmp_path / "b")
+    with pytest.raises(EdgelmError, match="come from a quantized checkpoint: run `edgelm quantize"):
         export_bundle(ckpt, "jetson", "int8", tmp_path / "b")
     real = bundle_mod.get_profile
     monkeypatch.setattr(bundle_mod, "get_profile",
@@ -154,8 +156,9 @@ def test_missing_manifest(copy):
 
 @pytest.mark.parametrize("args,message", [
     (["--target", "nope"], "unknown target 'nope'; valid targets:"),
-    (["--target", "cpu", "--precision", "int8"], "does not support int8"),
-    (["--target", "jetson", "--precision", "int8"], "fp32 or fp16"),
+    (["--target", "jetson-nano", "--precision", "int8"], "does not support int8"),
+    (["--target", "jetson", "--precision", "bf16"], "fp32 or fp16"),
+    (["--target", "cpu", "--precision", "int4"], "edgelm quantize MODEL --recipe w8a8"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(ckpt, tmp_path, args, message):
     res = subprocess.run([EDGELM, "export", str(ckpt), "-o", str(tmp_path / "b"), *args],

@@ -50,6 +50,28 @@ def test_published_facts():
     assert get_profile("cpu-x86").tensorrt_versions == () and get_profile("cpu-x86").default_precision == "fp32"
 
 
+def test_quantized_precisions_by_profile():
+    """int8 needs INT8 tensor cores (not on a Nano); int4 (W4A16) needs Ampere+ and TensorRT 10
+    (NVIDIA Model Optimizer support matrix); ONNX Runtime's CPU provider runs both."""
+    expected = {
+        "jetson-nano": ["fp32", "fp16"],
+        "jetson-xavier-nx": ["fp32", "fp16", "int8"], "jetson-agx-xavier": ["fp32", "fp16", "int8"],
+        **{n: ["fp32", "fp16", "bf16", "int8", "int4"] for n in (
+            "jetson-orin-nano-4gb", "jetson-orin-nano-8gb", "jetson-orin-nx", "jetson-agx-orin", "rtx-3060", "a100")},
+        **{n: ["fp32", "fp16", "bf16", "int8", "fp8", "int4"] for n in ("jetson-thor", "rtx-4090", "h100", "h200")},
+        "cpu-x86": ["fp32", "fp16", "int8", "int4"], "cpu-arm64": ["fp32", "fp16", "int8", "int4"],
+    }
+    profiles = {p.name: p for p in list_profiles()}
+    assert {n: list(profiles[n].precisions) for n in expected} == expected
+    assert {n: profiles[n].default_precision for n in expected} == {
+        n: "fp32" if n.startswith("cpu") else "fp16" for n in expected}
+    for p in profiles.values():
+        if p.supports("int4") and p.family != "cpu":
+            assert float(p.compute_capability) >= 8.0 and min(int(v.split(".")[0]) for v in p.tensorrt_versions) >= 10
+        if p.supports("int8") and p.family != "cpu":
+            assert p.peak_int8_tops > 0
+
+
 def test_aliases_resolve():
     assert get_profile("jetson").name == "jetson-orin-nano-8gb"
     assert get_profile("cpu").name == HOST_CPU

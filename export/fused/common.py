@@ -24,6 +24,7 @@ are: the traced graph then carries no module scopes, only the ops.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -63,17 +64,57 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class Frozen(nn.Module):
-    """Copies of trained weights, frozen as buffers (the graph's initializers), in one compute dtype."""
+    """Copies of trained weights, frozen as buffers (the graph's initializers), in one compute dtype.
+
+    Matmul weights (keep_mm) and gather tables (keep_table) are used through `mm` and `lookup`,
+    the quantization sites: a quantized checkpoint attaches a QuantMatMul / QuantTable per site
+    (export/quant/), and calibration observes every matmul input through `observer`.
+    """
+
+    NORM_OF: ClassVar[dict[str, str]] = {}  # matmul weight -> the norm weight whose output feeds it
+    ROLES: ClassVar[dict[str, str]] = {}  # matmul weight -> "ssm_in" | "ssm_out" | "float" (kept float)
 
     def __init__(self, dtype: torch.dtype):
         super().__init__()
         self.dtype = dtype
         self.half = dtype != torch.float32
+        self.matmuls: list[str] = []
+        self.tables: list[str] = []
+        self.qsites = nn.ModuleDict()  # weight name -> its quantized form, where quantized
+        self.observer = None  # calibration: observer(module, name, x) at every matmul input
 
     def keep(self, dtype: torch.dtype | None = None, **tensors: torch.Tensor) -> None:
         """Register each tensor as a buffer under its keyword: keep(w_in=w) -> self.w_in."""
-        for name, t in tensors.items():
-            self.register_buffer(name, t.detach().to(dtype or self.dtype).contiguous())
+        for name, t in tensors.items():  # a copy: the form never shares storage with the model
+            self.register_buffer(name, t.detach().to(dtype or self.dtype, copy=True).contiguous())
+
+    def keep_mm(self, **weights: torch.Tensor) -> None:
+        """Matmul weights, stored (in, out): a quantization site each."""
+        self.keep(**weights)
+        self.matmuls += list(weights)
+
+    def keep_table(self, **tables: torch.Tensor) -> None:
+        """Gather tables (256, width): quantized per column where the recipe says."""
+        self.keep(**tables)
+        self.tables += list(tables)
+
+    def mm(self, name: str, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, in) @ weight `name` (in, out) [+ bias]: float, or its quantized form."""
+        self.observe(name, x)
+        if name in self.qsites:
+            return self.qsites[name](x, bias)
+        w = getattr(self, name)
+        return x @ w if bias is None else torch.addmm(bias, x, w)
+
+    def lookup(self, name: str, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` (B,) of table `name`: (B, width)."""
+        if name in self.qsites:
+            return self.qsites[name].lookup(ids)
+        return getattr(self, name)[ids]
+
+    def observe(self, point: str, x: torch.Tensor) -> None:
+        if self.observer is not None:
+            self.observer(self, point, x)
 
     def to_c(self, x):  # float32 -> compute dtype (no node in fp32)
         return x.to(self.dtype) if self.half else x
@@ -122,6 +163,8 @@ class ResidualLayer(Frozen):
     from the config) and `step(x, *state) -> (x, *state)`.
     """
 
+    NORM_OF = {"w_in": "nw", "w_gu": "nw_mlp"}
+
     def __init__(self, block: nn.Module, eps: float, dtype: torch.dtype):
         super().__init__(dtype)
         self.eps = eps
@@ -131,32 +174,33 @@ class ResidualLayer(Frozen):
             self.f_mlp = w_gu.shape[1] // 2
             w_gu[:, :self.f_mlp] *= GELU_K1
             self.keep(torch.float32, nw_mlp=block.mlp_norm.weight)  # (D,)
-            self.keep(w_gu=w_gu, w_down=block.mlp.down.weight.t() / GELU_K1)  # (D, 2F), (F, D)
+            self.keep_mm(w_gu=w_gu, w_down=block.mlp.down.weight.t() / GELU_K1)  # (D, 2F), (F, D)
 
     def norm(self, x, w):
         """float32 residual x (B, D) -> normed, in the compute dtype."""
         return self.to_c(rms_norm(x, w, self.eps))
 
     def mlp(self, x):
-        g, u = (self.norm(x, self.nw_mlp) @ self.w_gu).split([self.f_mlp] * 2, dim=-1)  # (B, F) each
-        return x + self.to_f((gelu_scaled(g) * u) @ self.w_down)
+        g, u = self.mm("w_gu", self.norm(x, self.nw_mlp)).split([self.f_mlp] * 2, dim=-1)  # (B, F) each
+        return x + self.to_f(self.mm("w_down", gelu_scaled(g) * u))
 
 
 class FusedResidual(FusedLM):
     """Embedding -> `Layer` blocks on a float32 residual stream -> RMSNorm -> head (no bias)."""
 
     Layer: type[ResidualLayer]
+    NORM_OF = {"w_head": "nw_f"}
 
     def __init__(self, model: ByteLM, dtype: torch.dtype):
         super().__init__(dtype)
         self.eps = model.norm_f.eps
-        self.keep(table=model.embed.weight)  # (256, D)
+        self.keep_table(table=model.embed.weight)  # (256, D)
         self.layers = nn.ModuleList(self.Layer(blk, model.config, self.eps, dtype) for blk in model.blocks)
         self.keep(torch.float32, nw_f=model.norm_f.weight)  # (D,)
-        self.keep(w_head=model.head.weight.t())  # (D, 256)
+        self.keep_mm(w_head=model.head.weight.t())  # (D, 256)
 
     def core(self, byte_ids, state):
-        x = self.to_f(self.table[byte_ids])  # (B, D) float32 residual stream
+        x = self.to_f(self.lookup("table", byte_ids))  # (B, D) float32 residual stream
         k = len(state) // len(self.layers)  # state tensors per layer
         new = []
         for i, layer in enumerate(self.layers):
@@ -165,4 +209,4 @@ class FusedResidual(FusedLM):
         return x, new
 
     def logits(self, x):
-        return self.to_f(self.to_c(rms_norm(x, self.nw_f, self.eps)) @ self.w_head)  # (B, 256)
+        return self.to_f(self.mm("w_head", self.to_c(rms_norm(x, self.nw_f, self.eps))))  # (B, 256)

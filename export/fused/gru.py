@@ -29,16 +29,16 @@ class GRULayer(Frozen):
         b = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:], b_hh[2 * H:]])  # (4H,)
         self.first = i == 0
         if self.first:  # x is the byte: the embedding folded into the gate table
-            self.keep(table=model.embed.weight @ wx + b)  # (256, 4H)
-            self.keep(w_h=wh)  # (H, 4H)
+            self.keep_table(table=model.embed.weight @ wx + b)  # (256, 4H)
+            self.keep_mm(w_h=wh)  # (H, 4H)
         else:  # x is the h of the layer below
-            self.keep(w_cat=torch.cat([wx, wh], 0))  # (H + H, 4H)
+            self.keep_mm(w_cat=torch.cat([wx, wh], 0))  # (H + H, 4H)
             self.keep(b=b)  # (4H,)
 
     def gates(self, x, h):
         if self.first:
-            return torch.addmm(self.table[x], h, self.w_h)  # Gather + Gemm: (B, 4H)
-        return torch.addmm(self.b, torch.cat([x, h], dim=-1), self.w_cat)  # Concat + Gemm: (B, 4H)
+            return self.mm("w_h", h, self.lookup("table", x))  # Gather + Gemm: (B, 4H)
+        return self.mm("w_cat", torch.cat([x, h], dim=-1), self.b)  # Concat + Gemm: (B, 4H)
 
     def step(self, x, h):
         s_rz, xn, hn = self.gates(x, h).split([2 * self.H, self.H, self.H], dim=-1)
@@ -51,7 +51,7 @@ class FusedGRU(FusedLM):
     def __init__(self, model: ByteLM, dtype: torch.dtype):
         super().__init__(dtype)
         self.layers = nn.ModuleList(GRULayer(model, i, dtype) for i in range(model.config.n_layers))
-        self.keep(w_head=model.head.weight.t())  # (H, 256)
+        self.keep_mm(w_head=model.head.weight.t())  # (H, 256)
         self.keep(b_head=model.head.bias)  # (256,)
 
     def core(self, byte_ids, state):
@@ -62,7 +62,7 @@ class FusedGRU(FusedLM):
         return x, new
 
     def logits(self, h):
-        return self.to_f(torch.addmm(self.b_head, h, self.w_head))  # (B, 256)
+        return self.to_f(self.mm("w_head", h, self.b_head))  # (B, 256)
 
 
 FUSED = FusedGRU

@@ -16,34 +16,38 @@ from .common import FusedResidual, ResidualLayer, _Softplus
 
 
 class MambaLayer(ResidualLayer):
+    ROLES = {"w_x": "ssm_in", "w_dt": "float", "w_out": "ssm_out"}  # w_dt: low rank, kept float
+
     def __init__(self, block, cfg, eps: float, dtype: torch.dtype):
         super().__init__(block, eps, dtype)
         self.di, self.n, self.r = cfg.d_inner, cfg.d_state, cfg.dt_rank
-        self.keep(w_in=block.in_proj.weight.t())  # (D, 2Di): [x_in, z]
+        self.keep_mm(w_in=block.in_proj.weight.t())  # (D, 2Di): [x_in, z]
         self.keep(conv_w=block.conv_weight)  # (Di, K)
         self.keep(conv_b=block.conv_bias)  # (Di,)
-        self.keep(w_x=block.x_proj.weight.t())  # (Di, R + 2N)
-        self.keep(w_dt=block.dt_proj.weight.t())  # (R, Di)
+        self.keep_mm(w_x=block.x_proj.weight.t())  # (Di, R + 2N)
+        self.keep_mm(w_dt=block.dt_proj.weight.t())  # (R, Di)
         self.keep(b_dt=block.dt_proj.bias)  # (Di,)
         self.keep(A=-torch.exp(block.A_log))  # (Di, N)
         self.keep(D=block.D)  # (Di,)
-        self.keep(w_out=block.out_proj.weight.t())  # (Di, D)
+        self.keep_mm(w_out=block.out_proj.weight.t())  # (Di, D)
 
     def ssm(self, u, ssm):
         """u (B, Di), ssm (B, Di, N) -> y (B, Di), ssm."""
-        dt, bc = (u @ self.w_x).split([self.r, 2 * self.n], dim=-1)  # (B, R), (B, 2N)
-        dt = _Softplus.apply(torch.addmm(self.b_dt, dt, self.w_dt)).unsqueeze(-1)  # (B, Di, 1)
+        dt, bc = self.mm("w_x", u).split([self.r, 2 * self.n], dim=-1)  # (B, R), (B, 2N)
+        dt = _Softplus.apply(self.mm("w_dt", dt, self.b_dt)).unsqueeze(-1)  # (B, Di, 1)
         b, c = bc.unsqueeze(1).split([self.n, self.n], dim=-1)  # (B, 1, N) each
         ssm = torch.exp(dt * self.A) * ssm + (dt * u.unsqueeze(-1)) * b  # (B, Di, N)
-        return (ssm * c).sum(-1) + self.D * u, ssm  # (B, Di)
+        y = (ssm * c).sum(-1) + self.D * u  # (B, Di)
+        self.observe("ssm_out", y)
+        return y, ssm
 
     def step(self, x, conv, ssm):
         """x (B, D) float32 residual stream, conv (B, Di, K-1), ssm (B, Di, N) -> x, conv, ssm."""
-        xin, z = (self.norm(x, self.nw) @ self.w_in).split([self.di] * 2, dim=-1)  # (B, Di) each
+        xin, z = self.mm("w_in", self.norm(x, self.nw)).split([self.di] * 2, dim=-1)  # (B, Di) each
         u, conv = causal_conv_step(xin, conv, self.conv_w, self.conv_b)
         u = u * torch.sigmoid(u)  # silu
         y, ssm = self.ssm(u, ssm)
-        x = x + self.to_f((y * (z * torch.sigmoid(z))) @ self.w_out)
+        x = x + self.to_f(self.mm("w_out", y * (z * torch.sigmoid(z))))
         return x, conv, ssm
 
 

@@ -17,16 +17,16 @@ class MinGRULayer(ResidualLayer):
         super().__init__(block, eps, dtype)
         self.dh = cfg.d_hidden
         w, b = block.in_proj.weight.t(), block.in_proj.bias  # (D, 2Dh), (2Dh,)
-        self.keep(w_in=torch.cat([w, w[:, self.dh:]], 1))  # (D, 3Dh): [k, cand, cand + 0.5]
+        self.keep_mm(w_in=torch.cat([w, w[:, self.dh:]], 1))  # (D, 3Dh): [k, cand, cand + 0.5]
         self.keep(b_in=torch.cat([b, b[self.dh:] + 0.5]))  # (3Dh,)
-        self.keep(w_out=block.out_proj.weight.t())  # (Dh, D)
+        self.keep_mm(w_out=block.out_proj.weight.t())  # (Dh, D)
 
     def step(self, x, h):
         """x (B, D) float32 residual stream, h (B, Dh) -> x, h."""
-        k, cand, cand5 = torch.addmm(self.b_in, self.norm(x, self.nw), self.w_in).split([self.dh] * 3, dim=-1)
+        k, cand, cand5 = self.mm("w_in", self.norm(x, self.nw), self.b_in).split([self.dh] * 3, dim=-1)
         gc = torch.maximum(cand5, torch.sigmoid(cand))  # g(cand), (B, Dh)
         h = h + torch.sigmoid(k) * (gc - h)  # == (1 - z) * h + z * g(cand)
-        x = x + self.to_f(h @ self.w_out)
+        x = x + self.to_f(self.mm("w_out", h))
         return self.mlp(x), h
 
 

@@ -21,27 +21,27 @@ class RGLRULayer(ResidualLayer):
         self.dr = cfg.d_rnn
         w = block.in_proj.weight.t().clone()  # (D, 2Dr): [gate, u]
         w[:, :w.shape[1] // 2] *= GELU_K1
-        self.keep(w_in=w)
+        self.keep_mm(w_in=w)
         self.keep(conv_w=block.conv_weight)  # (Dr, K)
         self.keep(conv_b=block.conv_bias)  # (Dr,)
-        self.keep(w_g=block.gates.weight.t())  # (Dr, 2Dr): [r, i]
+        self.keep_mm(w_g=block.gates.weight.t())  # (Dr, 2Dr): [r, i]
         self.keep(b_g=block.gates.bias)  # (2Dr,)
         self.keep(k_a=-C_SCALE * F.softplus(-block.a_param))  # (Dr,): log a = k_a * r
-        self.keep(w_out=block.out_proj.weight.t() / GELU_K1)  # (Dr, D)
+        self.keep_mm(w_out=block.out_proj.weight.t() / GELU_K1)  # (Dr, D)
 
     def rglru(self, u, h):
         """u, h (B, Dr) -> the new h."""
-        r, ig = torch.sigmoid(torch.addmm(self.b_g, u, self.w_g)).split([self.dr] * 2, dim=-1)
+        r, ig = torch.sigmoid(self.mm("w_g", u, self.b_g)).split([self.dr] * 2, dim=-1)
         a = torch.exp(r * self.k_a)  # (B, Dr)
         mult = torch.sqrt((1.0 - a * a).clamp_min(1e-12))
         return a * h + mult * (ig * u)
 
     def step(self, x, conv, h):
         """x (B, D) float32 residual stream, conv (B, Dr, K-1), h (B, Dr) -> x, conv, h."""
-        gate, u = (self.norm(x, self.nw) @ self.w_in).split([self.dr] * 2, dim=-1)  # (B, Dr) each
+        gate, u = self.mm("w_in", self.norm(x, self.nw)).split([self.dr] * 2, dim=-1)  # (B, Dr) each
         u, conv = causal_conv_step(u, conv, self.conv_w, self.conv_b)
         h = self.rglru(u, h)
-        x = x + self.to_f((h * gelu_scaled(gate)) @ self.w_out)
+        x = x + self.to_f(self.mm("w_out", h * gelu_scaled(gate)))
         return self.mlp(x), conv, h
 
 
