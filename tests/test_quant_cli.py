@@ -119,9 +119,13 @@ def test_an_already_quantized_model_and_an_unknown_recipe_are_refused(capsys, qu
 
 
 def test_calibrating_on_the_eval_text_warns(capsys, tmp_path, calib):
-    out = tmp_path / "q.pt"
-    code, _, err = cli(capsys, "quantize", LSTM, "--recipe", "w8", "--calib", calib, "--data", calib, "-o", out)
+    out, data = tmp_path / "q.pt", tmp_path / "data.txt"
+    data.write_bytes(calib.read_bytes()[5000:7000])  # a piece of the calibration text
+    code, _, err = cli(capsys, "quantize", LSTM, "--recipe", "w8", "--calib", calib, "--data", data, "-o", out)
     assert code == 0 and "warning: --data" in err and "also calibration text" in err
+    data.write_bytes(HELDOUT.read_bytes()[:2000])
+    code, _, err = cli(capsys, "quantize", LSTM, "--recipe", "w8", "--calib", calib, "--data", data, "-o", out)
+    assert code == 0 and "warning" not in err
 
 
 def test_calibration_files_add_up(capsys, tmp_path):
