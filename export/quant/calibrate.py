@@ -77,6 +77,7 @@ class SiteStats:
         self.hessian = torch.zeros(width, width, dtype=torch.float64)
         self.rows = 0
         self.samples: list[torch.Tensor] = []
+        self._sample: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor, sample: bool) -> None:
         x = x.detach().float().reshape(-1, x.shape[-1])
@@ -86,9 +87,12 @@ class SiteStats:
         self.rows += x.shape[0]
         if sample:
             self.samples.append(x.clone())
+            self._sample = None
 
     def sample_rows(self) -> torch.Tensor:
-        return torch.cat(self.samples)[:MAX_SAMPLES]  # (n, in)
+        if self._sample is None:  # every candidate method reads it: concatenated once
+            self._sample = torch.cat(self.samples)[:MAX_SAMPLES]  # (n, in)
+        return self._sample
 
 
 @dataclass

@@ -33,7 +33,7 @@ TIE = 1.05
 class Recipe:
     name: str
     precision: str  # the bundle precision it exports as (edgelm/precision.py)
-    build: Callable  # (w, stats, role, foldable, group) -> (record, {method: error})
+    build: Callable  # (w, stats, role, foldable, group, head) -> (record | None, {method: error})
     summary: str
 
 
@@ -42,11 +42,11 @@ def _measured(rec: dict, w, stats) -> tuple[dict, dict]:
     return rec, {rec["method"]: rec["error"]}
 
 
-def _weight_only(w, stats, role, foldable, group):
+def _weight_only(w, stats, role, foldable, group, head):
     return _measured(methods.weight_only(w), w, stats)
 
 
-def _naive(w, stats, role, foldable, group):
+def _naive(w, stats, role, foldable, group, head):
     return _measured(methods.minmax(w, stats), w, stats)
 
 
@@ -62,7 +62,7 @@ def candidates(w, stats, role: str | None, foldable: bool) -> list[dict]:
     return out
 
 
-def _outlier_aware(w, stats, role, foldable, group):
+def _outlier_aware(w, stats, role, foldable, group, head):
     if role == "float":
         return None, {}
     x = stats.sample_rows()
@@ -74,7 +74,7 @@ def _outlier_aware(w, stats, role, foldable, group):
     return (cheap[0] if cheap else ranked[0]), {r["method"]: r["error"] for r in ranked}
 
 
-def _int4(w, stats, role, foldable, group, head: bool = False):
+def _int4(w, stats, role, foldable, group, head):
     if role == "float":
         return None, {}
     return _measured(methods.weight_only(w) if head else methods.int4(w, stats, group), w, stats)
@@ -106,9 +106,7 @@ def plan(recipe: Recipe, fused, calib, group: int) -> tuple[dict, list[dict]]:
             continue
         stats = calib.sites[site]
         role, foldable = module.ROLES.get(name), name in module.NORM_OF
-        head = recipe.name == "w4" and site.split(".")[-1] == "w_head"
-        rec, errors = (_int4(w, stats, role, foldable, group, head) if recipe.name == "w4"
-                       else recipe.build(w, stats, role, foldable, group))
+        rec, errors = recipe.build(w, stats, role, foldable, group, site == "w_head")
         if rec is not None:
             records[site] = rec
         rows.append({"site": site, "kind": "matmul", "shape": list(w.shape), "role": role,
