@@ -60,19 +60,14 @@ class StepMeter(BPBMeter):
 
     @torch.no_grad()
     def feed(self, data: bytes) -> None:
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)  # batch 1, tiny matmuls: extra threads only spin
-        try:
-            self._feed(data)
-        finally:
-            torch.set_num_threads(n)
+        from .export.validate import one_thread  # batch 1, tiny matmuls: extra threads only spin
 
-    def _feed(self, data: bytes) -> None:
         state = self.state
-        for b in data:
-            logits, *state = self.form(torch.tensor([self.prev]), *state)
-            self.nats += F.cross_entropy(logits.double(), torch.tensor([b]), reduction="sum").item()
-            self.prev = b
+        with one_thread():
+            for b in data:
+                logits, *state = self.form(torch.tensor([self.prev]), *state)
+                self.nats += F.cross_entropy(logits.double(), torch.tensor([b]), reduction="sum").item()
+                self.prev = b
         self.state = tuple(state)
         self.count += len(data)
 

@@ -64,7 +64,9 @@ def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: in
 
 def _custom_opsets(module: nn.Module) -> dict:
     """The `edgelm` domain where a form has int4 sites (blocked DQ placeholders), else none."""
-    blocked = any(getattr(m, "group", 0) for m in module.modules() if type(m).__name__ == "QuantMatMul")
+    from .quant.sites import QuantMatMul
+
+    blocked = any(m.group for m in module.modules() if isinstance(m, QuantMatMul))
     return {"edgelm": 1} if blocked else {}
 
 

@@ -27,7 +27,6 @@ def calib(tmp_path_factory):
 def quantized(tmp_path_factory, calib):
     """lstm-tiny quantized with w8a8 and w4 (the CLI's own outputs), with their reports."""
     out = tmp_path_factory.mktemp("quant")
-    from edgelm.cli import main  # noqa: F401 - imported once, used through `cli`
     made = {}
     for recipe in ("w8a8", "w4"):
         ckpt, report = out / f"lstm-{recipe}.pt", out / f"{recipe}.json"
@@ -41,6 +40,14 @@ def _run(capsys, args):
     code, outp, err = cli(capsys, *args)
     assert code == 0, err
     return outp
+
+
+def _checkpoint(capsys, quantized, recipe):
+    """The recipe's quantized checkpoint, made by `edgelm quantize` the first time it is asked for."""
+    ckpt, _, args = quantized[1][recipe]
+    if not ckpt.exists():
+        _run(capsys, args)
+    return ckpt
 
 
 def test_quantize_writes_a_weights_only_checkpoint_a_report_and_a_plot(capsys, quantized):
@@ -74,10 +81,7 @@ def test_eval_of_the_quantized_checkpoint_is_the_reports_figure(capsys, quantize
 
 @pytest.mark.parametrize("recipe,precision", [("w8a8", "int8"), ("w4", "int4")])
 def test_export_writes_quantized_graphs_that_eval_like_the_checkpoint(capsys, quantized, tmp_path, recipe, precision):
-    _, made = quantized
-    ckpt, _, args = made[recipe]
-    if not ckpt.exists():
-        _run(capsys, args)
+    ckpt = _checkpoint(capsys, quantized, recipe)
     bundle = tmp_path / "bundle"
     _run(capsys, ["export", ckpt, "--target", "cpu", "-o", bundle])
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -107,10 +111,7 @@ def test_too_little_calibration_text_is_refused(capsys, tmp_path):
 
 
 def test_an_already_quantized_model_and_an_unknown_recipe_are_refused(capsys, quantized, calib, tmp_path):
-    _, made = quantized
-    ckpt, _, args = made["w8a8"]
-    if not ckpt.exists():
-        _run(capsys, args)
+    ckpt = _checkpoint(capsys, quantized, "w8a8")
     out = tmp_path / "again.pt"
     code, _, err = cli(capsys, "quantize", ckpt, "--recipe", "w8", "--calib", calib, "-o", out)
     assert one_line_error(code, err, "already quantized (w8a8)") and _nothing_written(out)
@@ -144,10 +145,7 @@ def test_calibration_files_add_up(capsys, tmp_path):
 @pytest.mark.parametrize("recipe,target,match", [("w8a8", "jetson-nano", "int8"),
                                                  ("w4", "jetson-xavier-nx", "TensorRT 8")])
 def test_a_recipe_the_target_cannot_run_is_refused(capsys, quantized, tmp_path, recipe, target, match):
-    _, made = quantized
-    ckpt, _, args = made[recipe]
-    if not ckpt.exists():
-        _run(capsys, args)
+    ckpt = _checkpoint(capsys, quantized, recipe)
     out = tmp_path / "b"
     code, _, err = cli(capsys, "export", ckpt, "--target", target, "-o", out)
     assert one_line_error(code, err, match) and _nothing_written(out)
@@ -156,10 +154,7 @@ def test_a_recipe_the_target_cannot_run_is_refused(capsys, quantized, tmp_path, 
 
 
 def test_a_damaged_record_is_refused_in_one_line(capsys, quantized, tmp_path):
-    _, made = quantized
-    ckpt, _, args = made["w8a8"]
-    if not ckpt.exists():
-        _run(capsys, args)
+    ckpt = _checkpoint(capsys, quantized, "w8a8")
     payload = torch.load(ckpt, weights_only=True)
     payload["quant"]["records"]["layers.1.w_cat"]["w_q"] = torch.zeros(3, 3, dtype=torch.int8)
     bad = tmp_path / "bad.pt"
@@ -174,10 +169,7 @@ def test_the_manifest_must_record_the_recipe_of_a_quantized_bundle(capsys, quant
     from edgelm.errors import EdgelmError
     from edgelm.runtime.bundle import load_bundle
 
-    _, made = quantized
-    ckpt, _, args = made["w8a8"]
-    if not ckpt.exists():
-        _run(capsys, args)
+    ckpt = _checkpoint(capsys, quantized, "w8a8")
     bundle = tmp_path / "bundle"
     _run(capsys, ["export", ckpt, "--target", "cpu", "-o", bundle])
     assert load_bundle(bundle).manifest.quantization["recipe"] == "w8a8"

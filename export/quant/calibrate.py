@@ -24,7 +24,6 @@ import torch
 from ...errors import EdgelmError
 
 MIN_CALIB_BYTES = 32 * 1024
-RECOMMENDED_BYTES = 256 * 1024
 HOLDOUT_FRACTION = 0.10
 STREAMS = 16
 MAX_SAMPLES = 4096
@@ -75,7 +74,6 @@ class SiteStats:
     def __init__(self, width: int):
         self.absmax = torch.zeros(width)
         self.hessian = torch.zeros(width, width, dtype=torch.float64)
-        self.rows = 0
         self.samples: list[torch.Tensor] = []
         self._sample: torch.Tensor | None = None
 
@@ -84,7 +82,6 @@ class SiteStats:
         self.absmax = torch.maximum(self.absmax, x.abs().amax(0))
         xd = x.double()
         self.hessian += xd.t() @ xd
-        self.rows += x.shape[0]
         if sample:
             self.samples.append(x.clone())
             self._sample = None
