@@ -189,7 +189,7 @@ def bench_model(name: str, recipes: list[str], work: Path, calib: Path, heldout:
     path, t0 = model_path(name), time.perf_counter()
     if not path.is_file():
         return {"path": str(path.relative_to(ROOT)), "error": "checkpoint not found"}
-    model, cal, texts = prepare(path, [calib], heldout)
+    model, cal, texts, _ = prepare(path, [calib], heldout)
     model.eval()
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     held = heldout.read_bytes()

@@ -6,39 +6,49 @@ silently running the float model.
 
 Files are always read with torch.load(weights_only=True): a file that needs pickled code is
 refused before any of it runs. Every problem with a file becomes a one-line EdgelmError that
-names the fix. A file that is not an edgelm checkpoint but holds a classic char-RNN state_dict
-(Embedding + LSTM/GRU + Linear) is converted by `edgelm.charrnn`.
+names the fix. `save_model` writes OUT.safetensors as safetensors (importers/safetensors_file.py),
+anything else with torch.save. `load_checkpoint` reads every format edgelm knows (directories,
+safetensors, char-RNN state dicts): edgelm/importers/.
 """
 
 from __future__ import annotations
 
 import pickle
-import pickletools
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
-from .charrnn import from_charrnn  # charrnn.py imports nothing from here
 from .errors import EdgelmError
-from .fileio import atomic_path
+from .fileio import atomic_path, atomic_write_bytes, check_output_file
+from .importers.safetensors_file import payload_bytes, payload_from_tensors, read_tensors
+from .importers.charrnn import from_charrnn
+from .importers.mamba_dirs import load_dir
+from .importers.torchfile import first_line, read_payload
 from .models import ARCHS, ByteLM, build_model
 from .statedict import check_state_dict
 
 FORMAT, VERSION = "edgelm", 2
 QUANTIZED_VERSION = 2  # the version a checkpoint with a "quant" entry is written as; plain ones stay 1
+BUNDLE_MARKER = "manifest.json"  # runtime/manifest.py's MANIFEST (not imported: that pulls the runtime)
+OUTPUT_SUFFIXES = (".safetensors", ".pt")  # what `edgelm convert` writes
+PAYLOAD_EXTRAS = ("train", "quant", "imported")  # what convert carries over besides the weights
 
 
 def save_model(model: ByteLM, path: str | Path, extra: dict | None = None,
                dtype: torch.dtype = torch.float32) -> None:
-    """Write `model` atomically. dtype=torch.float16 stores weights in half (loads back as fp32)."""
+    """Write `model` atomically: PATH.safetensors as safetensors, any other name with torch.save.
+    dtype=torch.float16 stores weights in half (loads back as fp32)."""
     state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
              for k, v in model.state_dict().items()}
     version = QUANTIZED_VERSION if "quant" in (extra or {}) else 1
     payload = {"format": FORMAT, "version": version, "arch": model.arch,
                "config": model.config_dict(), "state_dict": state,
                "dtype": str(dtype).replace("torch.", ""), **(extra or {})}
+    if Path(path).suffix == ".safetensors":
+        atomic_write_bytes(path, payload_bytes(payload))
+        return
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         _save(payload, f)
 
@@ -75,53 +85,6 @@ def _save(payload: dict, f) -> None:
         raise
 
 
-def read_payload(path: str | Path):
-    """torch.load(weights_only=True) with every failure turned into a one-line EdgelmError."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgelmError(f"model file {path} does not exist (or is not a file)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "Weights only load failed" in msg and ("GLOBAL" in msg or _imports_code(path)):
-            raise EdgelmError(
-                f"{path} contains pickled code; edgelm loads weights only. "
-                "Re-save it with torch.save(model.state_dict(), ...)") from None
-        raise EdgelmError(f"{path} is not a readable torch checkpoint ({_first_line(msg)}); "
-                          "pass a file written by `edgelm train` or torch.save") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        if path.stat().st_size == 0:
-            raise EdgelmError(f"{path} is empty; re-run the command that writes it") from None
-        if _is_zip(path) or "central directory" in str(exc) or isinstance(exc, EOFError):
-            raise EdgelmError(f"{path} is truncated or corrupted; copy or re-save it") from None
-        raise EdgelmError(f"{path} is not a torch checkpoint (neither a torch.save zip archive "
-                          "nor a pickle); pass a file written by `edgelm train` or torch.save") from None
-
-
-def _is_zip(path: Path) -> bool:
-    """torch.save writes a zip archive; its first bytes identify it even when it is cut short."""
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
-def _imports_code(path: Path) -> bool:
-    """Whether a plain pickle file imports any global (scanned with pickletools: nothing runs)."""
-    try:
-        with open(path, "rb") as f:
-            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ")
-                       for op, _, _ in pickletools.genops(f))
-    except Exception:  # noqa: BLE001 - not a readable pickle: not code either
-        return False
-
-
-def _first_line(msg: str) -> str:
-    line = msg.strip().splitlines()[0] if msg.strip() else "no details"
-    return line[:160]
-
-
 def model_from_payload(payload: dict, where: str) -> ByteLM:
     """Validate an edgelm payload dict and build the fp32 eval-mode model it describes."""
     version = payload.get("version")
@@ -154,19 +117,66 @@ def _build(arch: str, config: dict, where: str) -> ByteLM:
         raise EdgelmError(f"{where}: invalid {arch} config {config} ({exc})") from None
 
 
+def _from_payload(payload: dict, where: str, source: str = "edgelm") -> tuple[ByteLM, dict]:
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model_from_payload(payload, where), {**meta, "source": source}
+
+
+def _charrnn(payload, where: str) -> tuple[ByteLM, dict]:
+    model = from_charrnn(payload, where)
+    return model, {"arch": model.arch, "config": model.config_dict(), "source": "char-rnn state_dict",
+                   "imported": {"layout": "char-RNN state dict"}}
+
+
+def _load_dir(path: Path) -> tuple[ByteLM, dict]:
+    if (path / BUNDLE_MARKER).exists():
+        raise EdgelmError(f"{path} is an edgelm bundle, not a model: `edgelm run` and `edgelm eval` take "
+                          "bundles; `info`, `export` and `quantize` take the model it was exported from")
+    payload, imported = load_dir(path)
+    return _from_payload({**payload, "imported": imported}, str(path), f"{imported['layout']} directory")
+
+
+def _load_safetensors(path: Path) -> tuple[ByteLM, dict]:
+    tensors, metadata = read_tensors(path)
+    payload = payload_from_tensors(tensors, metadata, str(path))
+    if payload is not None:
+        return _from_payload(payload, str(path))
+    if any(k.endswith("mixer.A_log") for k in tensors):
+        raise EdgelmError(f"{path} holds Mamba weights without their config; pass the model directory "
+                          "(config.json beside the weights) instead of the file")
+    return _charrnn(tensors, str(path))
+
+
 def load_checkpoint(path: str | Path) -> tuple[ByteLM, dict]:
-    """(fp32 eval model, metadata: every payload key except the weights, plus 'source')."""
+    """(fp32 eval model, metadata: every payload key except the weights, plus 'source') of any model
+    edgelm reads: an edgelm checkpoint (.pt or .safetensors), a char-RNN state dict (either format)
+    or a transformers / mamba_ssm Mamba directory (edgelm/importers/)."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_dir(path)
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     payload = read_payload(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        meta = {k: v for k, v in payload.items() if k != "state_dict"}
-        return model_from_payload(payload, str(path)), {**meta, "source": "edgelm"}
-    model = from_charrnn(payload, str(path))
-    return model.eval(), {"arch": model.arch, "config": model.config_dict(), "source": "char-rnn state_dict"}
+        return _from_payload(payload, str(path))
+    return _charrnn(payload, str(path))
 
 
 def load_model(path: str | Path) -> ByteLM:
-    """Load an edgelm checkpoint (or a classic char-RNN state_dict) as an fp32 model in eval mode."""
+    """Any model edgelm reads (see load_checkpoint) as an fp32 model in eval mode."""
     return load_checkpoint(path)[0]
+
+
+def convert(src: str | Path, out: str | Path) -> dict:
+    """Write any model edgelm reads as an edgelm checkpoint: OUT.safetensors or OUT.pt (by suffix)."""
+    out = Path(out)
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise EdgelmError(f"output {out} must end in .safetensors (safe to share: no code) or .pt")
+    check_output_file(out)
+    model, meta = load_checkpoint(src)
+    save_model(model, out, extra={k: meta[k] for k in PAYLOAD_EXTRAS if k in meta})
+    return {"arch": model.arch, "params": model.num_params(), "output": str(out),
+            "format": "safetensors" if out.suffix == ".safetensors" else "torch"}
 
 
 def model_from_bytes(data: bytes, where: str) -> ByteLM:
@@ -178,7 +188,7 @@ def model_from_bytes(data: bytes, where: str) -> ByteLM:
             warnings.simplefilter("ignore")
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise EdgelmError(f"{where} is not a readable edgelm checkpoint ({_first_line(str(exc))}); "
+        raise EdgelmError(f"{where} is not a readable edgelm checkpoint ({first_line(str(exc))}); "
                           "re-export the bundle") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise EdgelmError(f"{where} is not an edgelm checkpoint; re-export the bundle")

@@ -62,13 +62,21 @@ def train(corpus: List[Path] = typer.Argument(..., help="Text files to train on.
     _say(f"wrote {output}: {summary['params']:,} params, held-out bpb {summary['val_bpb']:.3f}")
 
 
+MODEL_HELP = ("A model: an edgelm checkpoint (.pt or .safetensors), a char-RNN state dict, or a "
+              "transformers / mamba_ssm Mamba directory.")
+
+
+def _is_bundle(path: Path) -> bool:
+    return (path / "manifest.json").is_file()
+
+
 @app.command("eval")
-def eval_cmd(model: Path = typer.Argument(..., help="A checkpoint (.pt) or a bundle directory."),
+def eval_cmd(model: Path = typer.Argument(..., help=MODEL_HELP + " Or a bundle directory."),
              data: Path = typer.Option(..., help="Held-out text file."),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Bits per byte of a model on a file (streamed; memory does not grow with the file).
-    MODEL: a checkpoint (.pt) or a bundle directory, whose step graph runs in the runtime (no torch)."""
-    if model.is_dir():  # a bundle: numpy + onnxruntime only, torch is never imported
+    A bundle's step graph runs in the runtime (no torch)."""
+    if _is_bundle(model):  # numpy + onnxruntime only, torch is never imported
         from .runtime.evaluate import bundle_bits_per_byte
 
         res = bundle_bits_per_byte(model, data)
@@ -80,7 +88,17 @@ def eval_cmd(model: Path = typer.Argument(..., help="A checkpoint (.pt) or a bun
 
 
 @app.command()
-def quantize(model: Path,
+def convert(model: Path = typer.Argument(..., help=MODEL_HELP),
+            output: Path = typer.Option(..., "-o", "--output", help="OUT.safetensors (no code: safe to share) or OUT.pt.")) -> None:
+    """Write any model edgelm reads as an edgelm checkpoint (config and provenance kept)."""
+    from .checkpoint import convert as convert_model
+
+    res = convert_model(model, output)
+    _say(f"wrote {output}: {res['arch']}, {res['params']:,} params ({res['format']})")
+
+
+@app.command()
+def quantize(model: Path = typer.Argument(..., help=MODEL_HELP),
              more_calib: Optional[List[Path]] = typer.Argument(None, metavar="[FILE...]",
                                                               help="More calibration files: --calib A B C."),
              recipe: str = typer.Option(..., help="w8, w8a8-naive, w8a8 or w4."),
@@ -100,7 +118,7 @@ def quantize(model: Path,
 
 
 @app.command()
-def info(model: Path, as_json: bool = typer.Option(False, "--json")) -> None:
+def info(model: Path = typer.Argument(..., help=MODEL_HELP), as_json: bool = typer.Option(False, "--json")) -> None:
     """Architecture, parameter count, weight bytes per precision and state bytes per stream."""
     from .info import format_info, model_info
 
@@ -109,7 +127,7 @@ def info(model: Path, as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
-def export(model: Path, target: str = typer.Option("cpu", help="Device profile or family (see `edgelm devices`)."),
+def export(model: Path = typer.Argument(..., help=MODEL_HELP), target: str = typer.Option("cpu", help="Device profile or family (see `edgelm devices`)."),
            precision: Optional[str] = typer.Option(None, help="fp32 or fp16 (default: the target's)."),
            output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write."),
            force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
@@ -171,7 +189,8 @@ def devices_detect(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
-def run(bundle: Path,
+def run(bundle: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle directory, or a model "
+                                     "(exported to a temporary cpu bundle first)."),
         prompt: Optional[str] = typer.Option(None, help="Prompt text (may be empty)."),
         prompt_file: Optional[Path] = typer.Option(None, help="Read the prompt bytes from a file."),
         max_bytes: int = typer.Option(256, help="Bytes to generate."),
@@ -181,12 +200,18 @@ def run(bundle: Path,
         as_json: bool = typer.Option(False, "--json", help="JSON lines with per-byte timing."),
         trusted_key: List[Path] = typer.Option([], "--trusted-key",
                                                help="Public key (repeatable): refuse a bundle none of them signed.")) -> None:
-    """Stream generated text from a bundle to stdout."""
+    """Stream generated text from a bundle (or a model) to stdout."""
     from .runtime.cli_run import RunOptions, run_bundle
 
     opts = RunOptions(prompt=prompt, prompt_file=prompt_file, max_bytes=max_bytes,
                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                       backend=backend, streams=streams, as_json=as_json, trusted_keys=tuple(trusted_key))
+    if bundle.is_file() or (bundle.is_dir() and not _is_bundle(bundle)):  # a model: torch needed
+        from .export import temporary_bundle
+
+        with temporary_bundle(bundle, trusted=bool(trusted_key)) as made:
+            run_bundle(made, opts)
+        return
     run_bundle(bundle, opts)
 
 

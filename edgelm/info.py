@@ -29,6 +29,8 @@ def model_info(path: str | Path) -> dict:
         q = quant_of(meta, str(path))
         info["quantization"] = {"recipe": q["recipe"], "precision": q["precision"], "group": q["group"],
                                 "sites": len(q["records"]), **q.get("summary", {})}
+    if "imported" in meta:
+        info["imported"] = meta["imported"]
     if "train" in meta:
         info["train"] = {k: meta["train"][k] for k in ("steps", "seed", "val_bpb") if k in meta["train"]}
     return info
@@ -47,10 +49,25 @@ def _provenance_lines(info: dict) -> list[str]:
                      f"held-out {t['val_bpb']:.3f} bits/byte")
     if info.get("source") != "edgelm":
         lines.append(f"source      {info['source']}")
+    elif "imported" in info:
+        lines.append(f"source      edgelm checkpoint, imported from a {info['imported'].get('layout')}")
+    lines += _vocab_lines(info.get("imported", {}))
     q = info.get("quantization")
     if q:
         delta = f", held-out {q['bpb_fp32']:.4f} -> {q['bpb_quant']:.4f} bits/byte" if "bpb_quant" in q else ""
         lines.append(f"quantized   {q['recipe']} ({q['precision']}, {q['sites']} sites){delta}")
+    return lines
+
+
+def _vocab_lines(imported: dict) -> list[str]:
+    """What an import changed: padded vocabulary rows dropped, a tied head, the fp32 residual."""
+    lines = []
+    dropped = imported.get("padding_rows_dropped", 0)
+    if dropped:
+        lines.append(f"vocab       {imported['vocab_rows']} rows in the file: the {dropped} padding rows "
+                     "past the 256 bytes are dropped")
+    if imported.get("tied_embeddings"):
+        lines.append("head        tied to the embedding in the file (stored as its own copy)")
     return lines
 
 

@@ -74,7 +74,7 @@ def test_bad_data_and_bad_bundles_are_one_line(bundle_dir, capsys, tmp_path):
     cases = [(bundle, tmp_path / "empty.txt", "is empty; pass a file with some text"),
              (bundle, tmp_path / "missing.txt", "does not exist (or is not a file)"),
              (bundle, tmp_path / "plain_dir", "does not exist (or is not a file)"),
-             (tmp_path / "plain_dir", HELDOUT, "not an edgelm bundle; create one with `edgelm export`")]
+             (tmp_path / "plain_dir", HELDOUT, "neither a model directory nor an edgelm bundle")]
     for target, data, message in cases:
         code, out, err = cli(capsys, "eval", target, "--data", data, "--json")
         assert one_line_error(code, err, message) and out == "", (target, data, err)

@@ -45,15 +45,15 @@ class GatedMLP(nn.Module):
 
 
 def causal_conv_step(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
-                     bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of a causal depthwise conv. x (B, C), conv_state (B, C, K-1), weight (C, K)."""
     window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # (B, C, K)
-    y = (window * weight).sum(-1) + bias  # (B, C)
-    return y, window[:, :, 1:]
+    y = (window * weight).sum(-1)  # (B, C)
+    return (y if bias is None else y + bias), window[:, :, 1:]
 
 
 def causal_conv_seq(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
-                    bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal depthwise conv over a sequence. x (B, T, C), conv_state (B, C, K-1)."""
     k = weight.shape[-1]
     xt = torch.cat([conv_state, x.transpose(1, 2)], dim=-1)  # (B, C, K-1+T)

@@ -7,6 +7,9 @@ Each residual block: x + out_proj(SSM(conv(x_in)) * silu(z)), with
     h  = exp(dt * A) * h + dt * B * u            A = -exp(A_log), h: (B, Di, N)
     y  = <h, C> + D * u
 The state per layer is (conv (Di, d_conv-1), ssm (Di, N)): fixed, whatever the stream length.
+
+The options past `dt_rank` exist for imported models (edgelm/importers/mamba_dirs.py maps
+transformers' MambaConfig and mamba_ssm's config onto them); their defaults are edgelm's own.
 """
 
 from __future__ import annotations
@@ -29,14 +32,18 @@ class MambaConfig:
     d_conv: int = 4
     expand: int = 2
     dt_rank: int = 0  # 0 = ceil(d_model / 16)
+    d_inner: int = 0  # 0 = expand * d_model (transformers: intermediate_size)
+    conv_bias: bool = True  # bias on the depthwise conv (transformers: use_conv_bias)
+    proj_bias: bool = False  # bias on in_proj and out_proj (transformers: use_bias)
+    norm_eps: float = 1e-5  # every RMSNorm's epsilon (transformers: layer_norm_epsilon)
 
     def __post_init__(self):
         if self.dt_rank == 0:
             self.dt_rank = math.ceil(self.d_model / 16)
-
-    @property
-    def d_inner(self) -> int:
-        return self.expand * self.d_model
+        if self.d_inner == 0:
+            self.d_inner = self.expand * self.d_model
+        if min(self.d_model, self.n_layers, self.d_state, self.d_conv, self.dt_rank, self.d_inner) < 1:
+            raise ValueError("every width must be positive")
 
 
 class MambaBlock(nn.Module):
@@ -44,15 +51,15 @@ class MambaBlock(nn.Module):
         super().__init__()
         di, n = cfg.d_inner, cfg.d_state
         self.cfg = cfg
-        self.norm = RMSNorm(cfg.d_model)
-        self.in_proj = nn.Linear(cfg.d_model, 2 * di, bias=False)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.in_proj = nn.Linear(cfg.d_model, 2 * di, bias=cfg.proj_bias)
         self.conv_weight = nn.Parameter(torch.randn(di, cfg.d_conv) / math.sqrt(cfg.d_conv))
-        self.conv_bias = nn.Parameter(torch.zeros(di))
+        self.conv_bias = nn.Parameter(torch.zeros(di)) if cfg.conv_bias else None
         self.x_proj = nn.Linear(di, cfg.dt_rank + 2 * n, bias=False)
         self.dt_proj = nn.Linear(cfg.dt_rank, di)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(di, 1))
         self.D = nn.Parameter(torch.ones(di))
-        self.out_proj = nn.Linear(di, cfg.d_model, bias=False)
+        self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.proj_bias)
         # dt starts log-uniform in [1e-3, 1e-1], as in the reference implementation
         dt = torch.exp(torch.rand(di) * (math.log(1e-1) - math.log(1e-3)) + math.log(1e-3))
         with torch.no_grad():
@@ -104,7 +111,7 @@ class MambaLM(ByteLM):
         super().__init__(config)
         self.embed = nn.Embedding(VOCAB, config.d_model)
         self.blocks = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layers))
-        self.norm_f = RMSNorm(config.d_model)
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
         self.head = nn.Linear(config.d_model, VOCAB, bias=False)
 
     def state_spec(self):

@@ -83,10 +83,12 @@ class Frozen(nn.Module):
         self.qsites = nn.ModuleDict()  # weight name -> its quantized form, where quantized
         self.observer = None  # calibration: observer(module, name, x) at every matmul input
 
-    def keep(self, dtype: torch.dtype | None = None, **tensors: torch.Tensor) -> None:
-        """Register each tensor as a buffer under its keyword: keep(w_in=w) -> self.w_in."""
+    def keep(self, dtype: torch.dtype | None = None, **tensors: torch.Tensor | None) -> None:
+        """Register each tensor as a buffer under its keyword: keep(w_in=w) -> self.w_in (None
+        stays None: an absent bias)."""
         for name, t in tensors.items():  # a copy: the form never shares storage with the model
-            self.register_buffer(name, t.detach().to(dtype or self.dtype, copy=True).contiguous())
+            kept = None if t is None else t.detach().to(dtype or self.dtype, copy=True).contiguous()
+            self.register_buffer(name, kept)
 
     def keep_mm(self, **weights: torch.Tensor) -> None:
         """Matmul weights, stored (in, out): a quantization site each."""

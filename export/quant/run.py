@@ -41,9 +41,10 @@ def quantize(model_path: Path, recipe_name: str, calib: list[Path], out: Path, d
     from .report import plot_channels, summary_line
 
     _check_args(model_path, recipe_name, out, report_path, plot_path, group)
-    model, cal, texts = prepare(model_path, calib, data, progress)
+    model, cal, texts, meta = prepare(model_path, calib, data, progress)
     entry, report, rows = quantize_calibrated(model, cal, texts, recipe_name, group)
-    save_model(model, out, extra={"quant": entry})
+    kept = {k: meta[k] for k in ("train", "imported") if k in meta}  # where the float model came from
+    save_model(model, out, extra={**kept, "quant": entry})
     if report_path is not None:
         import json
 
@@ -55,17 +56,18 @@ def quantize(model_path: Path, recipe_name: str, calib: list[Path], out: Path, d
 
 
 def prepare(model_path: Path, calib: list[Path], data: Path | None, progress: bool = False):
-    """(fp32 model, its Calibration, the Texts): the recipe-independent part, done once."""
+    """(fp32 model, its Calibration, the Texts, the checkpoint's metadata): the recipe-independent
+    part, done once."""
     from ..fused import fuse
 
-    model, quant, _ = load_quantized(model_path)
+    model, quant, meta = load_quantized(model_path)
     if quant is not None:
         raise EdgelmError(f"{model_path} is already quantized ({quant['recipe']}); quantize the float "
                           "checkpoint it came from")
     texts = calibration_texts(calib, data)
     for w in texts.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    return model, calibrate(model, fuse(model), texts.calib, progress=progress), texts
+    return model, calibrate(model, fuse(model), texts.calib, progress=progress), texts, meta
 
 
 def quantize_calibrated(model, cal, texts, recipe_name: str, group: int) -> tuple[dict, dict, list]:

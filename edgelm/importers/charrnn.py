@@ -15,9 +15,9 @@ import re
 
 import torch
 
-from .errors import EdgelmError
-from .models import VOCAB, ByteLM, build_model
-from .statedict import check_state_dict
+from ..errors import EdgelmError
+from ..models import VOCAB, ByteLM, build_model
+from ..statedict import check_state_dict
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params",
                 "model_state", "module")
