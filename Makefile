@@ -10,7 +10,7 @@ DEMO_MODEL ?= models/mamba-tiny.pt
 HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
 
-.PHONY: install demo test clean mutate mutate-report quant-bench
+.PHONY: install demo test clean mutate mutate-report quant-bench import-bench
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,11 @@ QUANT_BENCH_ARGS ?=
 
 quant-bench: install
 	$(PY) bench/quant_bench.py --out bench/results/quant_bench.json $(QUANT_BENCH_ARGS)
+
+# Issue 11's import benchmark (~3 min): an imported transformers Mamba in an edgelm Session vs
+# transformers' own cached generation of the same model. Writes bench/results/import_bench.json.
+import-bench: install
+	$(PY) bench/import_bench.py --out bench/results/import_bench.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -89,7 +89,7 @@ def hf_layout(cfg: dict, where: str) -> Layout:
     d, e = c["hidden_size"], c["expand"]
     _ints(where, hidden_size=d, num_hidden_layers=c["num_hidden_layers"], state_size=c["state_size"],
           conv_kernel=c["conv_kernel"], vocab_size=c["vocab_size"])
-    d_inner = c.get("intermediate_size") or int(e * d)
+    d_inner = int(e * d)  # transformers recomputes intermediate_size from these, whatever the file says
     config = {"d_model": d, "n_layers": c["num_hidden_layers"], "d_state": c["state_size"],
               "d_conv": c["conv_kernel"], "expand": max(1, round(d_inner / d)), "d_inner": d_inner,
               "dt_rank": _dt_rank(c["time_step_rank"], d, where), "conv_bias": bool(c["use_conv_bias"]),
@@ -132,6 +132,13 @@ def ssm_layout(cfg: dict, where: str) -> Layout:
 
 
 def layout_of(cfg: dict, where: str) -> Layout:
+    try:
+        return _layout_of(cfg, where)
+    except (TypeError, ValueError, AttributeError) as exc:  # e.g. "expand": "two"
+        raise EdgelmError(f"{where}: config.json has a value of the wrong type ({exc}); fix config.json") from None
+
+
+def _layout_of(cfg: dict, where: str) -> Layout:
     kind = cfg.get("model_type")
     if kind == "mamba":
         return hf_layout(cfg, where)
@@ -186,6 +193,9 @@ def edgelm_state(layout: Layout, sd: dict, where: str) -> tuple[dict, int]:
     take, cfg = _Taker(sd, where), layout.config
     alt = {"backbone.embeddings.weight": "backbone.embedding.weight"}.get(layout.embed_key, "")
     embed = take(alt if layout.embed_key not in sd and alt in sd else layout.embed_key)
+    if embed.dim() != 2 or embed.shape[1] != cfg["d_model"]:
+        raise EdgelmError(f"{where}: the embedding is {tuple(embed.shape)}, not (vocab, {cfg['d_model']}); "
+                          "the weights and config.json do not belong together")
     rows = embed.shape[0]
     check_byte_level(layout, rows, where)
     out = {"embed.weight": embed[:VOCAB], "norm_f.weight": take("backbone.norm_f.weight")}
