@@ -27,11 +27,11 @@ from .importers.charrnn import from_charrnn
 from .importers.mamba_dirs import load_dir
 from .importers.torchfile import first_line, read_payload
 from .models import ARCHS, ByteLM, build_model
+from .runtime.manifest import MANIFEST
 from .statedict import check_state_dict
 
 FORMAT, VERSION = "edgelm", 2
 QUANTIZED_VERSION = 2  # the version a checkpoint with a "quant" entry is written as; plain ones stay 1
-BUNDLE_MARKER = "manifest.json"  # runtime/manifest.py's MANIFEST (not imported: that pulls the runtime)
 OUTPUT_SUFFIXES = (".safetensors", ".pt")  # what `edgelm convert` writes
 PAYLOAD_EXTRAS = ("train", "quant", "imported")  # what convert carries over besides the weights
 
@@ -129,7 +129,7 @@ def _charrnn(payload, where: str) -> tuple[ByteLM, dict]:
 
 
 def _load_dir(path: Path) -> tuple[ByteLM, dict]:
-    if (path / BUNDLE_MARKER).exists():
+    if (path / MANIFEST).exists():
         raise EdgelmError(f"{path} is an edgelm bundle, not a model: `edgelm run` and `edgelm eval` take "
                           "bundles; `info`, `export` and `quantize` take the model it was exported from")
     payload, imported = load_dir(path)

@@ -67,7 +67,9 @@ MODEL_HELP = ("A model: an edgelm checkpoint (.pt or .safetensors), a char-RNN s
 
 
 def _is_bundle(path: Path) -> bool:
-    return (path / "manifest.json").is_file()
+    from .runtime.manifest import MANIFEST  # standard library only: no torch
+
+    return (path / MANIFEST).is_file()
 
 
 @app.command("eval")
