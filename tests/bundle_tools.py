@@ -33,19 +33,24 @@ def replace_file(bundle: Path, name: str, data: bytes) -> None:
     edit_manifest(bundle, lambda m: m["files"].__setitem__(name, hashlib.sha256(data).hexdigest()))
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """`edgelm ARGS` through edgelm.cli.main in this process: (exit code, stdout, stderr)."""
+def exit_code(*args) -> int:
+    """`edgelm ARGS` through edgelm.cli.main in this process: its exit code."""
     from edgelm.cli import main
 
     argv = sys.argv
     sys.argv = ["edgelm", *map(str, args)]
     try:
         main()
-        code = 0
+        return 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = argv
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """`edgelm ARGS` through edgelm.cli.main in this process: (exit code, stdout, stderr)."""
+    code = exit_code(*args)
     out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import struct
 
+import onnx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bundle_tools import cli, one_line_error
+from bundle_tools import cli, exit_code, one_line_error
 from hf_fixtures import OPTIONS, MambaForCausalLM, hf_model, save_hf
 from quant_fixtures import HELDOUT, MODELS, calibration_bytes
 
@@ -90,10 +91,19 @@ def imported(tmp_path_factory):
     return save_hf(hf_model(seed=2, **OPTIONS), root / "hf"), root
 
 
-def test_an_imported_model_quantizes_to_safetensors_and_exports_for_a_jetson(imported, capsys):
+@pytest.fixture(scope="module")
+def quantized(imported):
+    """`edgelm quantize DIR --recipe w8a8 -o q.safetensors` of the imported model."""
     directory, root = imported
     q = root / "q.safetensors"
-    _ok(capsys, "quantize", directory, "--recipe", "w8a8", "--calib", root / "calib.txt", "-o", q)
+    code = exit_code("quantize", directory, "--recipe", "w8a8", "--calib", root / "calib.txt", "-o", q)
+    assert code == 0
+    return q
+
+
+def test_an_imported_model_quantizes_to_safetensors_and_exports_for_a_jetson(imported, quantized, capsys):
+    directory, root = imported
+    q = quantized
     _, quant, meta = load_quantized(q)
     assert quant["recipe"] == "w8a8" and meta["imported"]["layout"] == "transformers MambaForCausalLM"
     _ok(capsys, "convert", q, "-o", root / "q.pt")  # the same records in the torch format
@@ -109,6 +119,32 @@ def test_an_imported_model_quantizes_to_safetensors_and_exports_for_a_jetson(imp
     ckpt = json.loads(_ok(capsys, "eval", q, "--data", HELDOUT, "--json"))["bits_per_byte"]
     bundle = json.loads(_ok(capsys, "eval", root / "b-jetson", "--data", HELDOUT, "--json"))["bits_per_byte"]
     assert abs(ckpt - bundle) < 0.01
+
+
+def test_an_imported_model_passes_every_targets_tensorrt_checks(imported, quantized, tmp_path):
+    """Every device profile: the step graph in the profile's default precision, and the w8a8 one
+    where the profile runs int8, at the opset export picks for it, against TensorRT's ONNX op
+    matrix, precision rules and Q/DQ placement rules (a CPU profile: its precision rules)."""
+    from edgelm.devices import list_profiles
+    from edgelm.export.onnx_export import OPSET, export_step
+    from edgelm.export.quant.stored import quantized_form
+    from edgelm.export.trt_ops import check_tensorrt_compat, target_opset
+
+    model = load_model(imported[0])
+    qmodel, quant, _ = load_quantized(quantized)
+    graphs: dict = {}
+    for profile in list_profiles():
+        opset, trt = target_opset(profile, OPSET), bool(profile.tensorrt_versions)
+        wanted = [profile.default_precision] + (["int8"] if "int8" in profile.precisions else [])
+        for precision in wanted:
+            key = (precision, opset, trt and precision == "int8")
+            if key not in graphs:
+                path = tmp_path / f"{len(graphs)}.onnx"
+                form = quantized_form(qmodel, quant, "q", dq_first=key[2]) if precision == "int8" else None
+                export_step(qmodel if form is not None else model, path, precision, opset, form)
+                graphs[key] = onnx.load(str(path))
+            assert check_tensorrt_compat(graphs[key], profile) == [], (profile.name, precision)
+    assert len(graphs) >= 4
 
 
 def test_an_imported_model_exports_fp16_for_a_gpu_and_runs_greedy_like_transformers(imported, capsys):
