@@ -63,6 +63,10 @@ GROUPS = {
     # the quantizer: methods and Q/DQ ops alone, the injected-outlier targets, the CLI end to end
     "quant": (["export/quant/*.py", "export/trt_qdq.py"],
               ["test_quant_methods.py", "test_quant_outliers.py", "test_quant_cli.py", "test_trt_qdq.py"], False),
+    # every model format: transformers / mamba_ssm directories against transformers itself,
+    # safetensors round trips, char-RNN state dicts, torch files
+    "import": (["edgelm/importers/*.py", "edgelm/checkpoint.py"],
+               ["test_import_mamba.py", "test_safetensors.py", "test_charrnn.py", "test_checkpoint.py"], False),
 }
 
 SITECUSTOMIZE = '''\

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bundle_tools import cli, one_line_error
+from quant_fixtures import HELDOUT
 from hf_fixtures import OPTIONS, TEXT, hf_logits, hf_model, hf_step_logits, save_hf, save_mamba_ssm
 
 from edgelm.checkpoint import load_checkpoint
@@ -88,6 +89,9 @@ def test_a_bundle_of_an_imported_model_streams_transformers_logits(hf, tmp_path,
             stream.feed(bytes([b]))
             got.append(stream.logits)
     assert np.abs(np.stack(got) - ref[:len(TEXT)]).max() < ATOL
+    bpb = [json.loads(cli(capsys, "eval", p, "--data", HELDOUT, "--json")[1])["bits_per_byte"]
+           for p in (directory, tmp_path / "b")]
+    assert abs(bpb[0] - bpb[1]) < 1e-4
 
 
 def _hf_dir(tmp_path, name="m", edit=None, **config):
