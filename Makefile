@@ -10,7 +10,7 @@ DEMO_MODEL ?= models/mamba-tiny.pt
 HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
 
-.PHONY: install demo test clean mutate mutate-report quant-bench import-bench
+.PHONY: install demo test clean mutate mutate-report quant-bench import-bench profile-bench
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,7 @@ demo: install
 	$(EDGELM) run $(DEMO_OUT)/bundle-cpu --prompt "def " --max-bytes 300 --seed 0 --temperature 0.8 \
 		--trusted-key $(DEMO_OUT)/demo-key.pub
 	@echo
+	$(EDGELM) profile $(DEMO_OUT)/bundle-cpu --streams 1,8 --bytes 256 --prompt-bytes 128 --json $(DEMO_OUT)/profile.json
 
 test: install
 	$(PY) -m pytest -q
@@ -67,6 +68,11 @@ quant-bench: install
 # transformers' own cached generation of the same model. Writes bench/results/import_bench.json.
 import-bench: install
 	$(PY) bench/import_bench.py --out bench/results/import_bench.json
+
+# Issue 12's profiler checks (~2 min): `edgelm profile` p50 against an independent greedy loop and
+# against the cpu roofline estimate, per reference model. Writes bench/results/profile_bench.json.
+profile-bench: install
+	$(PY) bench/profile_bench.py --out bench/results/profile_bench.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -120,11 +120,14 @@ def quantize(model: Path = typer.Argument(..., help=MODEL_HELP),
 
 
 @app.command()
-def info(model: Path = typer.Argument(..., help=MODEL_HELP), as_json: bool = typer.Option(False, "--json")) -> None:
+def info(model: Path = typer.Argument(..., help=MODEL_HELP), as_json: bool = typer.Option(False, "--json"),
+         device: Optional[str] = typer.Option(None, help="Also estimate latency and throughput on this device profile.")) -> None:
     """Architecture, parameter count, weight bytes per precision and state bytes per stream."""
-    from .info import format_info, model_info
+    from .info import device_estimate, format_info, model_info
 
     res = model_info(model)
+    if device is not None:
+        res["estimate"] = device_estimate(model, device)
     _emit(res, as_json, format_info(res))
 
 
@@ -168,6 +171,24 @@ def sign(bundle: Path, key: Path = typer.Option(..., "--key", help="Private key 
     from .runtime.bundle import sign_bundle
 
     _say(f"wrote {sign_bundle(bundle, key)}")
+
+
+@app.command()
+def profile(bundles: List[Path] = typer.Argument(..., metavar="BUNDLE...", help="A bundle; several are compared side by side."),
+            backend: str = typer.Option("auto"), streams: str = typer.Option("1,8,64", help="Stream counts for throughput."),
+            n_bytes: int = typer.Option(512, "--bytes", help="Bytes generated per measurement."),
+            prompt_bytes: int = typer.Option(256, help="Prompt length for time to first byte."),
+            temperature: float = typer.Option(0.8, help="Sampling temperature while measuring (0: greedy)."),
+            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+            plot: Optional[Path] = typer.Option(None, help="Plot latency and throughput (needs matplotlib)."),
+            estimate: Optional[str] = typer.Option(None, help="Only estimate for this device profile: runs nothing."),
+            trusted_key: List[Path] = typer.Option([], "--trusted-key", help="Refuse a bundle none of these keys signed.")) -> None:
+    """Latency, throughput and memory of bundles on this machine, with a roofline estimate."""
+    from .runtime.profile_report import ProfileOptions, parse_streams, run_profile
+
+    opts = ProfileOptions(backend, parse_streams(streams), n_bytes, prompt_bytes, temperature, sys.stderr.isatty(),
+                          tuple(trusted_key))
+    _say(run_profile(bundles, opts, estimate, json_out, plot))
 
 
 @devices_app.callback()

@@ -36,6 +36,29 @@ def model_info(path: str | Path) -> dict:
     return info
 
 
+def device_estimate(path: str | Path, device: str) -> dict:
+    """The roofline estimate (runtime/roofline.py) of the model's bundle on `device`: its step graph
+    is exported to a temporary file for its node count, in the precision the bundle would have."""
+    import tempfile
+
+    import onnx
+
+    from .devices import get_profile
+    from .export.onnx_export import export_step
+    from .export.quant.stored import load_quantized, quantized_form
+    from .runtime.roofline import StepFacts, estimate
+
+    profile = get_profile(device)
+    model, quant, _ = load_quantized(path)
+    precision = quant["precision"] if quant is not None else profile.default_precision
+    form = quantized_form(model, quant, str(path)) if quant is not None else None
+    with tempfile.TemporaryDirectory() as tmp:
+        export_step(model, Path(tmp) / "step.onnx", precision, form=form)
+        nodes = len(onnx.load(str(Path(tmp) / "step.onnx"), load_external_data=False).graph.node)
+    facts = StepFacts(model.arch, model.num_params(), precision, model.state_bytes_per_stream(4), nodes)
+    return estimate(facts, profile)
+
+
 def _kb(n: int) -> str:
     return f"{n / 1024:,.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:,.2f} MiB"
 
@@ -80,4 +103,9 @@ def format_info(info: dict) -> str:
              f"weights     fp32 {_kb(wb['fp32'])}  fp16 {_kb(wb['fp16'])}  int8 ~{_kb(wb['int8'])}",
              f"state       {info['state_bytes_per_stream']:,} bytes/stream (fp32): "
              + ", ".join(f"{s['name']}{tuple(s['shape'])}" for s in info["state"])]
-    return "\n".join(lines + _provenance_lines(info))
+    lines += _provenance_lines(info)
+    if "estimate" in info:
+        from .runtime.profile_report import format_estimate
+
+        lines.append(format_estimate(info["estimate"]))
+    return "\n".join(lines)

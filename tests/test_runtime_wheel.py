@@ -7,6 +7,7 @@ the one test that proves a device install works; `make test` runs it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -64,6 +65,10 @@ def test_wheel_installs_without_torch_and_runs_a_bundle(bundle_dir, tmp_path):
     again = subprocess.run([str(edgelm), "run", str(bundle), "--max-bytes", "20", "--seed", "1"],
                            capture_output=True, env=env, timeout=120, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout
+    report = tmp_path / "profile.json"  # the profiler runs where the bundle runs: no torch either
+    _sh([edgelm, "profile", bundle, "--bytes", "32", "--streams", "1,2", "--prompt-bytes", "16",
+         "--json", report], env, timeout=120)
+    assert json.loads(report.read_text())["latency_us"]["p50"] > 0
     bad = subprocess.run([str(edgelm), "run", str(bundle), "--backend", "torch"],
                          capture_output=True, env=env, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and b"pip install 'edgelm[export]'" in bad.stderr
