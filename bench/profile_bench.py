@@ -81,6 +81,8 @@ def main() -> None:
                        "profile_over_independent": round(p / i, 3), "estimate_us": e["latency_us"],
                        "estimate_over_measured": round(e["latency_us"] / p, 3), "bound": e["bound"],
                        "within_2x": 0.5 <= e["latency_us"] / p <= 2.0,
+                       "throughput_measured": reports[a]["throughput_bytes_per_s"],
+                       "throughput_estimate": e["throughput_bytes_per_s"],
                        "profile_t08_p50_us": profile_bundle(bundles[a], ProfileOptions(streams=(1,), n_bytes=N))[
                            "latency_us"]["p50"],
                        "last_report": {k: v for k, v in reports[a].items() if k != "samples_us"},
@@ -93,7 +95,8 @@ def main() -> None:
     for a, r in rows.items():
         print(f"{a:8} {r['profile_p50_us']:>10.1f}µs {r['independent_p50_us']:>10.1f}µs {r['profile_over_independent']:>7.2f}"
               f" {r['feed_loop_p50_us']:>8.1f}µs"
-              f" {r['estimate_us']:>7.1f}µs {r['estimate_over_measured']:>9.2f}  {r['bound']}")
+              f" {r['estimate_us']:>7.1f}µs {r['estimate_over_measured']:>9.2f}  {r['bound']}; bytes/s measured/estimated "
+              + ", ".join(f"{k}: {r['throughput_measured'][k]:,.0f}/{r['throughput_estimate'][k]:,}" for k in r['throughput_measured']))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def profile_bundle(path: str | Path, opts: ProfileOptions) -> dict:
                                                    (lambda: bar.advance(task)) if bar else None)
         rss_warm = prof._rss_mb()
         ttfb, prefill = prof.prompt_timing(session, opts.prompt_bytes, opts.temperature)
-        through = {str(k): prof.throughput(session, k, max(16, opts.n_bytes // k), opts.temperature)
+        through = {str(k): prof.throughput(session, k, max(64, opts.n_bytes // k), opts.temperature)
                    for k in opts.streams}
         device = detect()
         result = {

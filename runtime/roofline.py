@@ -3,9 +3,11 @@
 Runs nothing: it reads the manifest (parameters, precision, state, the step graph's node count)
 and the profile (memory bandwidth, peak compute) and adds a per-node dispatch cost:
 
-    t(B) = fixed + nodes * per_node + max(FLOPs(B) / peak, bytes(B) / bandwidth)
+    t(B) = fixed + nodes * per_node + max(FLOPs(B) / peak, bytes(B) / bandwidth) + (B - 1) * per_stream
     FLOPs(B) = 2 * params * B                  every weight is used once per byte per stream
     bytes(B) = params * bytes_per_weight + 2 * state_bytes * B      weights once, state in + out
+    per_stream = sampling and bookkeeping of one more stream + (on a CPU) the elementwise work on
+                 its state values: the part of a batched step that grows with B besides the matmuls
     throughput(B) = B / t(B),  latency per byte at batch 1 = t(1)
 
 FLOPs count the embedding table as if it were a matmul (an overestimate of 256/vocab-row reads),
@@ -35,6 +37,12 @@ DISPATCH = {
 }
 # Assumed: a Jetson's ARM host (Cortex-A78AE) issues work about twice as slowly as a desktop's.
 JETSON_DISPATCH_FACTOR = 2.0
+# Each stream past the first, measured on the same CPU (bench/results/profile_bench.json: bytes/s at
+# 1 and 8 streams): ~5 µs of batched sampling and bookkeeping, and ~4 ns per state value of
+# elementwise work on one thread (mamba-tiny: 14.6k values, +66 µs per stream; lstm: 512, +13 µs).
+# On a GPU the elementwise work runs in parallel and is left to the bandwidth term.
+PER_STREAM_US = 5.0
+CPU_NS_PER_STATE_VALUE = 4.0
 # Precisions each backend kind runs fast: ONNX Runtime's x86/arm CPU kernels compute fp16 through
 # fp32 with casts (devices/profiles/cpu.toml), the torch backend runs the fp32/fp16 reference model
 # (runtime/backends/torch_ref.py), TensorRT every precision its device has. None = the profile's.
@@ -90,9 +98,11 @@ def step_time_us(facts: StepFacts, profile, backend: str, batch: int, precision:
     compute = flops / peak_flops(profile, precision) * 1e6
     memory = moved / (profile.memory_bandwidth_gbs * 1e9) * 1e6
     dispatch = fixed + facts.nodes * per_node
-    bound = "dispatch" if dispatch >= max(compute, memory) else ("compute" if compute >= memory else "memory")
-    return {"total_us": dispatch + max(compute, memory), "dispatch_us": dispatch, "compute_us": compute,
-            "memory_us": memory, "bound": bound}
+    per_stream = PER_STREAM_US + (CPU_NS_PER_STATE_VALUE * facts.state_bytes / 4 / 1e3 if profile.family == "cpu" else 0)
+    streams = (batch - 1) * per_stream
+    parts = {"dispatch": dispatch, "compute": compute, "memory": memory, "streams": streams}
+    return {"total_us": dispatch + max(compute, memory) + streams, "bound": max(parts, key=parts.get),
+            **{f"{k}_us": v for k, v in parts.items()}}
 
 
 def estimate(facts: StepFacts, profile, streams: tuple[int, ...] = (1, 8, 64)) -> dict:
