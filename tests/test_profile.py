@@ -42,7 +42,7 @@ def _row(out: str, name: str) -> list[str]:
 
 
 def test_a_comparison_puts_ratios_beside_the_columns(bundle_dir, capsys):
-    a, b = bundle_dir("lstm"), bundle_dir("mamba")
+    a, b = bundle_dir("lstm"), bundle_dir("gru")
     code, out, err = cli(capsys, "profile", a, b, *FAST)
     assert code == 0, err
     first, second, ratio = _row(out, "state bytes/stream")
@@ -102,3 +102,14 @@ def test_bad_profile_arguments_are_one_line(bundle_dir, tmp_path, capsys, monkey
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "matplotlib" else real(n, *a))
     code, _, err = cli(capsys, "profile", bundle, *FAST, "--plot", tmp_path / "x.png")
     assert one_line_error(code, err, "pip install 'edgelm[plot]'") and not (tmp_path / "x.png").exists()
+
+
+def test_every_backend_here_profiles(tmp_path, capsys):
+    """onnxruntime above; the torch reference backend (a bundle exported --with-reference) too."""
+    code, _, err = cli(capsys, "export", MODELS / "gru-tiny.pt", "--target", "cpu", "-o", tmp_path / "b",
+                       "--with-reference")
+    assert code == 0, err
+    code, out, err = cli(capsys, "profile", tmp_path / "b", "--backend", "torch", *FAST, "--json", tmp_path / "t.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "t.json").read_text())
+    assert r["backend"].startswith("torch") and 0 < r["latency_us"]["backend_mean"] < r["latency_us"]["mean"]

@@ -230,6 +230,18 @@ def test_auto_picks_tensorrt_with_the_bundles_streams(bundle, gpu):
     assert not gpu.device.allocations
 
 
+def test_the_tensorrt_backend_profiles_with_its_engine_memory(bundle, gpu):
+    from edgelm.runtime.profile_report import ProfileOptions, profile_bundle
+
+    opts = ProfileOptions(backend="tensorrt", streams=(1, 2), n_bytes=32, prompt_bytes=16)
+    r = profile_bundle(bundle("lstm"), opts)
+    assert r["backend"].startswith("tensorrt") and 0 < r["latency_us"]["backend_mean"] < r["latency_us"]["mean"]
+    plans = [bundle("lstm") / f for f in ("engine.plan", "engine.prefill.plan")]
+    assert all(p.is_file() for p in plans)
+    assert r["engine_device_memory_bytes"] > 2 * 2 * 256 * 4  # two engines' logits buffers at least
+    assert not gpu.device.allocations
+
+
 @pytest.mark.parametrize("capture", ["refuse", "invalidate"])
 def test_engines_that_cannot_be_captured_run_directly(bundle, reference, capture):
     with ts.installed(capture=capture) as gpu, \

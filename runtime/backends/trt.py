@@ -186,6 +186,13 @@ class TrtBackend(Backend):
     def describe(self) -> str:
         return f"tensorrt {self.trt.__version__}"
 
+    @property
+    def device_memory_bytes(self) -> int:
+        """What the engines' execution contexts need on the device (activations, scratch), plus the
+        buffers this backend allocated there: `edgelm profile` reports it."""
+        contexts = sum(eng.engine.device_memory_size_v2 for eng in self.engines.values())
+        return contexts + len(self.engines) * self.buffer_bytes
+
     def close(self) -> None:
         for eng in self.engines.values():
             eng.free()
