@@ -45,7 +45,7 @@ def check_options(opts: ProfileOptions, plot: Path | None) -> None:
         raise EdgelmError("--plot needs matplotlib: pip install 'edgelm[plot]'")
 
 
-def _progress(opts: ProfileOptions, total: int):
+def _progress(opts: ProfileOptions):
     """A rich progress bar on a terminal (typer brings rich), else nothing."""
     if not opts.progress:
         return contextlib.nullcontext(None)
@@ -65,12 +65,12 @@ def profile_bundle(path: str | Path, opts: ProfileOptions) -> dict:
                            trusted_keys=list(opts.trusted_keys) or None)
     with session:
         timer = session.backend = prof.BackendTimer(session.backend)
-        rss_start = prof._rss_mb()
-        with _progress(opts, opts.n_bytes) as bar:
+        rss_start = prof.rss_mb()
+        with _progress(opts) as bar:
             task = bar.add_task("decode", total=opts.n_bytes) if bar else None
             latency, samples = prof.decode_latency(session, timer, opts.n_bytes, opts.temperature,
                                                    (lambda: bar.advance(task)) if bar else None)
-        rss_warm = prof._rss_mb()
+        rss_warm = prof.rss_mb()
         ttfb, prefill = prof.prompt_timing(session, opts.prompt_bytes, opts.temperature)
         through = {str(k): prof.throughput(session, k, max(64, opts.n_bytes // k), opts.temperature)
                    for k in opts.streams}
@@ -80,8 +80,8 @@ def profile_bundle(path: str | Path, opts: ProfileOptions) -> dict:
             "arch": session.bundle.arch, "precision": session.bundle.manifest.precision,
             "temperature": opts.temperature, "latency_us": latency, "ttfb_ms": ttfb, "prompt_bytes": opts.prompt_bytes,
             "prefill_bytes_per_s": prefill, "throughput_bytes_per_s": through,
-            "rss_peak_mb": round(prof._rss_mb("VmHWM"), 1), "rss_start_mb": _r(rss_start),
-            "rss_growth_mb": _r(prof._rss_mb() - rss_warm if rss_warm is not None else None),
+            "rss_peak_mb": round(prof.rss_mb("VmHWM"), 1), "rss_start_mb": _r(rss_start),
+            "rss_growth_mb": _r(prof.rss_mb() - rss_warm if rss_warm is not None else None),
             "gpu_memory_mb": prof.gpu_memory_mb(),
             "unified_memory_mb": prof.unified_memory_mb() if device.get("family") == "jetson" else None,
             "state_bytes_per_stream": session.state_bytes_per_stream, "bundle_bytes": prof.bundle_bytes(path),

@@ -56,7 +56,7 @@ class BackendTimer:
         return self._timed("step", byte_ids, states)
 
 
-def _rss_mb(field: str = "VmRSS") -> float | None:
+def rss_mb(field: str = "VmRSS") -> float | None:
     """VmRSS (now) or VmHWM (peak) of this process in MiB, from /proc (Linux); None elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
