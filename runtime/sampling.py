@@ -35,6 +35,34 @@ def _exp_scaled(w: np.ndarray, temperature: float) -> None:
     np.exp(w, out=w)
 
 
+def _top_k_row(w: np.ndarray, k: int, work: np.ndarray, mask: np.ndarray) -> None:
+    """Zero every weight below the k-th largest (ties with it stay), as BatchSampler does."""
+    np.copyto(work, w)
+    work.partition(VOCAB - k)
+    np.less(w, work[VOCAB - k], out=mask)
+    np.copyto(w, 0.0, where=mask)
+
+
+def _top_p_row(w: np.ndarray, p: float, work: np.ndarray, cum: np.ndarray, mask: np.ndarray) -> None:
+    """BatchSampler._top_p for one row without an argsort: the cumulative mass is summed over the
+    values in descending order (equal values are interchangeable), and of the bytes tied at the
+    last kept value the lowest-numbered are kept, which is what the stable argsort keeps."""
+    np.copyto(work, w)
+    work.sort()
+    desc = work[::-1]
+    np.add.accumulate(desc, out=cum)
+    keep = int(cum.searchsorted(p * cum[-1], "left")) + 1  # = count(cum < p * total) + 1
+    if keep >= VOCAB:
+        return
+    v = desc[keep - 1]
+    np.less(w, v, out=mask)
+    np.copyto(w, 0.0, where=mask)
+    ties = np.flatnonzero(w == v)
+    keep_ties = keep - (VOCAB - int(mask.sum()) - len(ties))  # minus the bytes above v
+    if keep_ties < len(ties):
+        w[ties[keep_ties:]] = 0.0
+
+
 @dataclass(frozen=True)
 class Sampling:
     """temperature 0 = greedy; top_k 0 = off; top_p 1.0 = off; seed None = fresh entropy."""
@@ -77,26 +105,27 @@ class Sampler:
         self._plain = sampling.top_k in (0, VOCAB) and sampling.top_p >= 1.0
         self._w = np.empty(VOCAB, np.float64)  # work buffers of the one-row fast path
         self._c = np.empty(VOCAB, np.float64)
-        self._batch: BatchSampler | None = None
-        self._out = np.zeros(1, np.int64)
+        self._sorted = np.empty(VOCAB, np.float64)
+        self._mask = np.empty(VOCAB, bool)
 
     def sample(self, logits: np.ndarray) -> int:
         """Sample one byte from a (256,) logits row (float32), bit-identical to a batch of one.
 
-        Greedy and plain temperature sampling take a one-row fast path (no temporaries, no
-        per-call lists); top-k / top-p go through a one-row `BatchSampler`.
+        A one-row fast path over preallocated buffers: top-k by a partition, top-p by a sort of
+        the values (no argsort): the same float64 operations in the same order as the batch path.
         """
         if self.sampling.greedy:
             return int(logits.argmax())
-        if not self._plain:
-            if self._batch is None:
-                self._batch = BatchSampler(1)
-            self._batch.sample(logits.reshape(1, VOCAB), [self], self._out)
-            return int(self._out[0])
         w, c = self._w, self._c
         np.copyto(w, logits)
         np.subtract(w, w[logits.argmax()], out=w)  # <= 0, and 0 at the maximum
         _exp_scaled(w, self._t)
+        if not self._plain:
+            s = self.sampling
+            if 0 < s.top_k < VOCAB:
+                _top_k_row(w, s.top_k, self._sorted, self._mask)
+            if s.top_p < 1.0:
+                _top_p_row(w, s.top_p, self._sorted, c, self._mask)
         np.add.accumulate(w, out=c)
         # inverse CDF: the first byte whose cumulative mass exceeds u * total
         # (= BatchSampler's count of cumulative masses <= u * total, one draw either way)

@@ -186,3 +186,22 @@ def test_a_draw_on_a_boundary_takes_the_next_byte(temperature):
     assert out[0] == 66
     solo.rng = _FixedUniform(0.0)  # the lowest draw takes the first byte with mass
     assert solo.sample(logits) == 65
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[4:] + [dict(temperature=1e-300, top_p=0.2), dict(temperature=5.0, top_p=0.999)],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_the_solo_fast_path_draws_the_batch_paths_byte_exactly(cfg):
+    """Sampler's one-row top-k/top-p (partition, value sort) against BatchSampler's (argsort) on
+    logits full of ties: the same byte for every draw, boundaries included (a stream's bytes do
+    not depend on whether it runs alone or batched)."""
+    rng = np.random.default_rng(3)
+    solo, batched = Sampler(Sampling(seed=5, **cfg)), Sampler(Sampling(seed=5, **cfg))
+    batch, out = BatchSampler(1), np.zeros(1, np.int64)
+    for i in range(1500):
+        logits = (rng.standard_normal(256) * rng.uniform(0.1, 8)).astype(np.float32)
+        if i % 3 == 0:
+            logits = np.round(logits)  # many exact ties, at the k-th value and the top-p cut alike
+        if i % 5 == 0:
+            logits[rng.integers(0, 256, 6)] = logits.max()
+        batch.sample(logits[None], [batched], out)
+        assert solo.sample(logits) == out[0], i
