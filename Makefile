@@ -33,8 +33,9 @@ demo: install
 	@echo
 	$(EDGELM) profile $(DEMO_OUT)/bundle-cpu --streams 1,8 --bytes 256 --prompt-bytes 128 --json $(DEMO_OUT)/profile.json
 
+# One pytest-xdist worker per core: the suite is single-threaded work (ONNX Runtime on one thread).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # Mutation testing (not part of `make test` or CI: hours on 2 cores). Builds build/mutate/<group>/
 # workspaces and writes bench/results/mutation.json; see bench/mutation.py. MUTATE_MODULES picks
