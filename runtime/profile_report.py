@@ -86,7 +86,7 @@ def profile_bundle(path: str | Path, opts: ProfileOptions) -> dict:
             "unified_memory_mb": prof.unified_memory_mb() if device.get("family") == "jetson" else None,
             "state_bytes_per_stream": session.state_bytes_per_stream, "bundle_bytes": prof.bundle_bytes(path),
             "engine_device_memory_bytes": getattr(timer._backend, "device_memory_bytes", None),
-            "environment": prof.environment(session, device), "samples_us": [round(x, 2) for x in samples]}
+            "environment": prof.environment(session, device), "samples_us": [round(float(x), 2) for x in samples]}
     result["estimate"] = estimate(StepFacts.of_manifest(session.bundle.manifest),
                                   get_profile(device.get("profile") or "cpu"), opts.streams)
     return result
