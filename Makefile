@@ -34,8 +34,10 @@ demo: install
 	$(EDGELM) profile $(DEMO_OUT)/bundle-cpu --streams 1,8 --bytes 256 --prompt-bytes 128 --json $(DEMO_OUT)/profile.json
 
 # One pytest-xdist worker per core: the suite is single-threaded work (ONNX Runtime on one thread).
+# Resident-memory tests (marked serial) then run alone in a fresh process.
 test: install
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 # Mutation testing (not part of `make test` or CI: hours on 2 cores). Builds build/mutate/<group>/
 # workspaces and writes bench/results/mutation.json; see bench/mutation.py. MUTATE_MODULES picks

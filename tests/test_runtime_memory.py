@@ -11,6 +11,9 @@ from runtime_fixtures import bundle_dir  # noqa: F401
 from edgelm.runtime import Sampling, Session
 
 psutil = pytest.importorskip("psutil")
+# Resident-memory measurements run in their own pytest process after the parallel run (make test):
+# in a worker that ran other tests, their leftovers (threads, arenas) could allocate mid-window.
+pytestmark = pytest.mark.serial
 STREAMS, TOTAL, WARMUP = 16, 1_000_000, 200_000  # bytes; RSS is measured over TOTAL after WARMUP
 
 
