@@ -57,10 +57,12 @@ def _top_p_row(w: np.ndarray, p: float, work: np.ndarray, cum: np.ndarray, mask:
     v = desc[keep - 1]
     np.less(w, v, out=mask)
     np.copyto(w, 0.0, where=mask)
-    ties = np.flatnonzero(w == v)
-    keep_ties = keep - (VOCAB - int(mask.sum()) - len(ties))  # minus the bytes above v
-    if keep_ties < len(ties):
-        w[ties[keep_ties:]] = 0.0
+    below = int(np.count_nonzero(mask))
+    np.equal(w, v, out=mask)  # the bytes tied at the cut, in the same buffer
+    tied = int(np.count_nonzero(mask))
+    keep_ties = keep - (VOCAB - below - tied)  # minus the bytes above v
+    if keep_ties < tied:  # rare: more ties than places; the lowest-numbered stay
+        w[np.flatnonzero(mask)[keep_ties:]] = 0.0
 
 
 @dataclass(frozen=True)
