@@ -10,7 +10,7 @@ DEMO_MODEL ?= models/mamba-tiny.pt
 HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
 
-.PHONY: install demo test clean mutate mutate-report quant-bench import-bench profile-bench
+.PHONY: install demo test clean bench mutate mutate-report quant-bench import-bench profile-bench
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,19 @@ demo: install
 test: install
 	$(PY) -m pytest -q -n auto -m "not serial"
 	$(PY) -m pytest -q -m serial
+
+# Issue 13's benchmark, one run on this machine (~40 min on 2 cores; not part of CI): edgelm's fp32 /
+# fp16 / w8a8 / w4 bundles against PyTorch eager (oneDNN on and off), torch.ao dynamic int8, a plain
+# torch.onnx.export in ONNX Runtime and ONNX Runtime's quantize_dynamic, on the trained tiny models,
+# the char-RNN and random `small` presets; then the sampling costs and the prefill chunk choice.
+# Writes bench/results/{bench.json,bench.md,sampling_bench.json,prefill_chunk.json}. BENCH_ARGS
+# passes options to bench/bench.py (e.g. BENCH_ARGS="--models lstm-tiny --quick").
+BENCH_ARGS ?=
+
+bench: install
+	$(PY) bench/bench.py --out bench/results/bench.json $(BENCH_ARGS)
+	$(PY) bench/sampling_bench.py --out bench/results/sampling_bench.json
+	$(PY) bench/prefill_chunk.py --out bench/results/prefill_chunk.json
 
 # Mutation testing (not part of `make test` or CI: hours on 2 cores). Builds build/mutate/<group>/
 # workspaces and writes bench/results/mutation.json; see bench/mutation.py. MUTATE_MODULES picks

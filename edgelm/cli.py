@@ -137,11 +137,13 @@ def export(model: Path = typer.Argument(..., help=MODEL_HELP), target: str = typ
            output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write."),
            force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
            with_reference: bool = typer.Option(False, "--with-reference",
-                                               help="Also store model.pt for the torch reference backend.")) -> None:
+                                               help="Also store model.pt for the torch reference backend."),
+           chunk: Optional[int] = typer.Option(None, help="Prefill chunk: bytes per prefill call, 1-256 "
+                                               "(default: the architecture's, measured on x86: 32 or 64).")) -> None:
     """Export ONNX step + prefill graphs into a validated deployment bundle for a target."""
     from .export import export_bundle
 
-    m = export_bundle(model, target, precision, output, force=force, with_reference=with_reference)
+    m = export_bundle(model, target, precision, output, force=force, with_reference=with_reference, chunk=chunk)
     _say(f"wrote {output} for {m.target['name']} ({m.precision}); bundle {m.bundle_id[:12]}, "
          f"parity ok, max |dlogit| {m.validation['max_abs_logit_diff']:.2e}")
 

@@ -24,7 +24,7 @@ from ..fileio import atomic_dir, atomic_write_text, check_writable
 from ..runtime import manifest as fmt
 from ..runtime.bundle import load_bundle, sha256_file
 from ..runtime.manifest import GraphSpec, Manifest, StateTensor, TensorSpec, graph_io, state_io
-from .onnx_export import DEFAULT_CHUNK, OPSET
+from .onnx_export import OPSET
 from .trt_ops import check_tensorrt_compat, target_opset
 
 if TYPE_CHECKING:  # torch and onnx load only once the cheap checks passed: bad input fails fast
@@ -177,21 +177,24 @@ def _write_bundle(tmp: Path, model: ByteLM, profile, precision: Precision, chunk
 
 
 def export_bundle(model_path: str | Path, target: str = "cpu", precision: str | None = None,
-                  out_dir: str | Path = "bundle", force: bool = False, chunk: int = DEFAULT_CHUNK,
+                  out_dir: str | Path = "bundle", force: bool = False, chunk: int | None = None,
                   with_reference: bool = False) -> Manifest:
     """Export a checkpoint into a verified bundle directory for a target; returns its manifest.
 
+    chunk: bytes per prefill call (default: the architecture's fused form's PREFILL_CHUNK).
     with_reference also stores the fp32 checkpoint (model.pt) for the torch reference backend.
     """
     out = Path(out_dir)
     profile = get_profile(target)
     prec = precisions.for_target(profile, precision) if precision is not None else None
-    if not 1 <= chunk <= fmt.MAX_CHUNK:
+    if chunk is not None and not 1 <= chunk <= fmt.MAX_CHUNK:
         raise EdgelmError(f"prefill chunk must be 1..{fmt.MAX_CHUNK} bytes, not {chunk}")
     out = check_output_dir(out, force)
+    from .fused import fused_form
     from .quant.stored import load_quantized
 
     model, quant, _ = load_quantized(model_path)
+    chunk = fused_form(model.arch).PREFILL_CHUNK if chunk is None else chunk
     prec = _precision(profile, prec, quant, model_path)
     if quant is not None and with_reference:
         raise EdgelmError("--with-reference stores a float model for the torch backend; a quantized "

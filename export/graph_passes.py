@@ -49,6 +49,22 @@ def tidy(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def declare_outputs(path: Path, shapes: dict[str, tuple]) -> None:
+    """Write the interface's output shapes ({name: dims}, "batch" symbolic) into the graph where
+    the exporter's inference lost them (a chunk reshaped (B*C, n) -> (B, C, m) loses "batch").
+    ONNX Runtime and TensorRT compute real shapes themselves; validation compares them."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shapes[out.name]:
+            dims.add().CopyFrom(onnx.TensorShapeProto.Dimension(dim_param=d) if isinstance(d, str)
+                                else onnx.TensorShapeProto.Dimension(dim_value=d))
+    onnx.save(model, str(path))
+
+
 def compact(path: Path) -> None:
     """The same computation in fewer bytes: identical initializers merged into one, every inner
     tensor renamed to a short id, and the exporter's node names and value_info dropped (ONNX
@@ -130,8 +146,8 @@ def share_weights(paths: list[Path], weights: Path, min_bytes: int = MIN_EXTERNA
     for model in models:
         for t in model.graph.initializer:
             raw = _raw(t)
-            if len(raw) < min_bytes:
-                continue
+            if len(raw) < min_bytes or t.data_type == onnx.TensorProto.INT64:  # int64: shapes, split
+                continue  # sizes, indices: shape inference reads them, so they stay in the graph
             key = hashlib.sha256(raw).digest()
             if key not in offsets:
                 blob += bytes(-len(blob) % ALIGN)

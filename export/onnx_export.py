@@ -3,9 +3,10 @@
     step.onnx     byte_ids (B,) int64 + state_in.*  -> logits (B, 256) + state_out.*
     prefill.onnx  byte_ids (B, C) int64 + state_in.* -> logits (B, 256) of the last byte + state_out.*
 
-Both are loop-free: the step is the fused module of export/fused/, the prefill unrolls it over
-the chunk. `export_naive_step` exports the model's own `step` unchanged (for node-count and
-latency comparisons).
+Both are loop-free: the step is the fused module of export/fused/; the prefill is its chunk path
+(matmuls over the whole chunk, a scan of the linear recurrence; LSTM / GRU unroll the step).
+`export_naive_step` exports the model's own `step` unchanged (for node-count and latency
+comparisons).
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from ..errors import EdgelmError
 from ..models import ByteLM
 from ..runtime.manifest import state_io
 from .fused import FusedPrefill, fuse
-from .graph_passes import compact, lower_blocked_dq, tidy, unfuse_dq_gemm
+from .graph_passes import compact, declare_outputs, lower_blocked_dq, tidy, unfuse_dq_gemm
 from .validate import one_thread
 
 OPSET = 17  # lowered per target to what its TensorRT parses (trt_ops.target_opset)
-DEFAULT_CHUNK = 32  # bytes per prefill call
 LOOP_OPS = ("LSTM", "GRU", "RNN", "Loop", "Scan", "If")
 
 
@@ -60,6 +60,8 @@ def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: in
     tidy(path)
     compact(path)
     lower_blocked_dq(path)  # int4 weights: edgelm.DequantizeBlocked -> opset 21 DequantizeLinear
+    declare_outputs(path, {"logits": ("batch", 256), **{state_io(n)[1]: ("batch", *shape)
+                                                        for n, shape in model.state_spec()}})
 
 
 def _custom_opsets(module: nn.Module) -> dict:
@@ -90,8 +92,11 @@ def export_step(model: ByteLM, path: str | Path, precision: str = "fp32", opset:
 
 
 def export_prefill(model: ByteLM, path: str | Path, precision: str = "fp32",
-                   chunk: int = DEFAULT_CHUNK, opset: int = OPSET, form: nn.Module | None = None) -> None:
-    module = FusedPrefill(form or fuse(model, _compute_dtype(precision)), chunk)
+                   chunk: int | None = None, opset: int = OPSET, form: nn.Module | None = None) -> None:
+    """The prefill graph over `chunk` bytes (default: the form's PREFILL_CHUNK)."""
+    step = form or fuse(model, _compute_dtype(precision))
+    chunk = step.PREFILL_CHUNK if chunk is None else chunk
+    module = FusedPrefill(step, chunk)
     _export(module, example_args(model, chunk=chunk), Path(path), model, opset)
 
 

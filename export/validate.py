@@ -62,6 +62,10 @@ def _feeds(names: list[str], byte_ids: np.ndarray, state) -> dict:
 
 
 def _maxdiff(a, b) -> float:
+    """Largest |a - b| over paired arrays; shapes must agree exactly (no broadcasting)."""
+    for x, y in zip(a, b):
+        if x.shape != tuple(y.shape):
+            raise EdgelmError(f"an ONNX output has shape {x.shape}, PyTorch's {tuple(y.shape)}")
     return float(max(np.max(np.abs(x - y.double().numpy())) for x, y in zip(a, b)))  # float64
 
 

@@ -31,8 +31,11 @@ TOL = {
     ("gru", "fp32"): (5e-5, 2e-5), ("gru", "fp16"): (5e-3, 6e-3),
     ("mingru", "fp32"): (2e-5, 2e-5), ("mingru", "fp16"): (4e-3, 3e-3),
     ("mamba", "fp32"): (2e-5, 2e-5), ("mamba", "fp16"): (1.2e-2, 9e-3),
-    ("rglru", "fp32"): (1.1e-4, 9e-5), ("rglru", "fp16"): (1e-2, 2.1e-2),
+    ("rglru", "fp32"): (1.1e-4, 9e-5), ("rglru", "fp16"): (2.5e-2, 5e-2),
 }
+# rglru fp16 state: the chunk-parallel prefill computes in_proj for 8 rows in one fp16 MatMul, and
+# its conv state holds those outputs (|u| up to ~10, where one fp16 ulp is 0.008): 0.025 measured
+# (3 ulps) against 5e-3 when the prefill was the step unrolled; logits after it 0.017 (2 ulps at 8.6).
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgelm.runtime import BatchSampler, Sampler, Sampling
+from edgelm.runtime.sampling import SOLO_ROWS
 
 
 def reference_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -182,16 +183,17 @@ def test_a_draw_on_a_boundary_takes_the_next_byte(temperature):
     batch = Sampler(Sampling(temperature=temperature, seed=0))
     batch.rng = _FixedUniform(0.5)
     out = np.zeros(1, np.int64)
-    BatchSampler(1).sample(logits[None], [batch], out)
+    BatchSampler(1).sample_vectorised(logits[None], [batch], out)
     assert out[0] == 66
     solo.rng = _FixedUniform(0.0)  # the lowest draw takes the first byte with mass
     assert solo.sample(logits) == 65
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[4:] + [dict(temperature=1e-300, top_p=0.2), dict(temperature=5.0, top_p=0.999)],
+@pytest.mark.parametrize("cfg", CONFIGS[4:] + [dict(temperature=1e-300, top_p=0.2), dict(temperature=5.0, top_p=0.999),
+                                 dict(temperature=0.8, top_k=5, top_p=0.9999), dict(temperature=3.0, top_k=200, top_p=0.5)],
                          ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_the_solo_fast_path_draws_the_batch_paths_byte_exactly(cfg):
-    """Sampler's one-row top-k/top-p (partition, value sort) against BatchSampler's (argsort) on
+    """Sampler's one-row top-k/top-p (value sorts; top-p over the top k only) against BatchSampler's (argsort) on
     logits full of ties: the same byte for every draw, boundaries included (a stream's bytes do
     not depend on whether it runs alone or batched)."""
     rng = np.random.default_rng(3)
@@ -203,5 +205,19 @@ def test_the_solo_fast_path_draws_the_batch_paths_byte_exactly(cfg):
             logits = np.round(logits)  # many exact ties, at the k-th value and the top-p cut alike
         if i % 5 == 0:
             logits[rng.integers(0, 256, 6)] = logits.max()
-        batch.sample(logits[None], [batched], out)
+        batch.sample_vectorised(logits[None], [batched], out)
         assert solo.sample(logits) == out[0], i
+
+
+def test_small_batches_sample_through_each_rows_solo_path():
+    """BatchSampler.sample takes each row's Sampler.sample up to SOLO_ROWS rows and the vectorised
+    pass above: both give every stream the bytes it gets alone."""
+    rng = np.random.default_rng(11)
+    for rows in (1, SOLO_ROWS, SOLO_ROWS + 1):
+        cfgs = [dict(temperature=0.9, top_k=20, top_p=0.9, seed=i) for i in range(rows)]
+        batched, alone = [Sampler(Sampling(**c)) for c in cfgs], [Sampler(Sampling(**c)) for c in cfgs]
+        batch, out = BatchSampler(rows), np.zeros(rows, np.int64)
+        for _ in range(200):
+            logits = (rng.standard_normal((rows, 256)) * 3).astype(np.float32)
+            batch.sample(logits, batched, out)
+            assert out.tolist() == [s.sample(row) for s, row in zip(alone, logits)]

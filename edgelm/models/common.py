@@ -44,21 +44,23 @@ class GatedMLP(nn.Module):
         return self.down(F.gelu(gate, approximate="tanh") * up)
 
 
+# The conv state is (B, K-1, C), channels innermost: the window's concat, its weighted sum over
+# K and the shift that drops the oldest input then all move whole rows of C (ONNX Runtime runs
+# them several times faster than along a K-1 = 3 innermost axis, measured at 64 streams).
 def causal_conv_step(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
                      bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of a causal depthwise conv. x (B, C), conv_state (B, C, K-1), weight (C, K)."""
-    window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # (B, C, K)
-    y = (window * weight).sum(-1)  # (B, C)
-    return (y if bias is None else y + bias), window[:, :, 1:]
+    """One step of a causal depthwise conv. x (B, C), conv_state (B, K-1, C), weight (C, K)."""
+    window = torch.cat([conv_state, x.unsqueeze(1)], dim=1)  # (B, K, C)
+    y = (window * weight.t()).sum(1)  # (B, C)
+    return (y if bias is None else y + bias), window[:, 1:]
 
 
 def causal_conv_seq(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
                     bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal depthwise conv over a sequence. x (B, T, C), conv_state (B, C, K-1)."""
-    k = weight.shape[-1]
-    xt = torch.cat([conv_state, x.transpose(1, 2)], dim=-1)  # (B, C, K-1+T)
-    y = F.conv1d(xt, weight.unsqueeze(1), bias, groups=weight.shape[0])  # (B, C, T)
-    return y.transpose(1, 2), xt[:, :, xt.shape[-1] - (k - 1):]
+    """Causal depthwise conv over a sequence. x (B, T, C), conv_state (B, K-1, C)."""
+    xt = torch.cat([conv_state, x], dim=1)  # (B, K-1+T, C)
+    y = F.conv1d(xt.transpose(1, 2), weight.unsqueeze(1), bias, groups=weight.shape[0])  # (B, C, T)
+    return y.transpose(1, 2), xt[:, x.shape[1]:]
 
 
 def linear_scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,

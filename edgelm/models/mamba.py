@@ -4,9 +4,12 @@ Each residual block: x + out_proj(SSM(conv(x_in)) * silu(z)), with
     xz = in_proj(RMSNorm(x))                     x_in, z: (B, Di)
     u  = silu(causal depthwise conv(x_in))       conv state: the last d_conv-1 inputs
     dt, B, C = x_proj(u);  dt = softplus(dt_proj(dt))
-    h  = exp(dt * A) * h + dt * B * u            A = -exp(A_log), h: (B, Di, N)
+    h  = exp(dt * A) * h + dt * B * u            A = -exp(A_log), h: (B, N, Di)
     y  = <h, C> + D * u
-The state per layer is (conv (Di, d_conv-1), ssm (Di, N)): fixed, whatever the stream length.
+The state per layer is (conv (d_conv-1, Di), ssm (N, Di)): fixed, whatever the stream length.
+The SSM state is stored (N, Di), Di innermost (mamba_ssm keeps (Di, N)): every broadcast of the
+update then runs along the long Di axis, which ONNX Runtime does 3-5x faster than along N = 16
+(measured, bench/results/bench.md).
 
 The options past `dt_rank` exist for imported models (edgelm/importers/mamba_dirs.py maps
 transformers' MambaConfig and mamba_ssm's config onto them); their defaults are edgelm's own.
@@ -74,10 +77,10 @@ class MambaBlock(nn.Module):
         u, conv_state = causal_conv_step(xin, conv_state, self.conv_weight, self.conv_bias)
         u = F.silu(u)
         dt, b, c = self.ssm_params(u)
-        A = -torch.exp(self.A_log)  # (Di, N)
-        dA = torch.exp(dt.unsqueeze(-1) * A)  # (B, Di, N)
-        ssm_state = dA * ssm_state + (dt * u).unsqueeze(-1) * b.unsqueeze(1)
-        y = (ssm_state * c.unsqueeze(1)).sum(-1) + self.D * u  # (B, Di)
+        A = -torch.exp(self.A_log).t()  # (N, Di)
+        dA = torch.exp(dt.unsqueeze(1) * A)  # (B, N, Di)
+        ssm_state = dA * ssm_state + (dt * u).unsqueeze(1) * b.unsqueeze(-1)
+        y = (ssm_state * c.unsqueeze(-1)).sum(1) + self.D * u  # (B, Di)
         return x + self.out_proj(y * F.silu(z)), conv_state, ssm_state
 
     def forward(self, x, conv_state, ssm_state):
@@ -85,17 +88,17 @@ class MambaBlock(nn.Module):
         u, conv_state = causal_conv_seq(xin, conv_state, self.conv_weight, self.conv_bias)
         u = F.silu(u)
         dt, b, c = self.ssm_params(u)
-        A = -torch.exp(self.A_log)
-        dA = torch.exp(dt.unsqueeze(-1) * A)  # (B, T, Di, N)
-        dBu = (dt * u).unsqueeze(-1) * b.unsqueeze(2)  # (B, T, Di, N)
+        A = -torch.exp(self.A_log).t()  # (N, Di)
+        dA = torch.exp(dt.unsqueeze(2) * A)  # (B, T, N, Di)
+        dBu = (dt * u).unsqueeze(2) * b.unsqueeze(-1)  # (B, T, N, Di)
         hs = []
         h = ssm_state
         # The selective scan: only this update is sequential. unbind() (not dA[:, t]) keeps
         # the backward pass linear in T.
         for dA_t, dBu_t in zip(dA.unbind(1), dBu.unbind(1)):
-            h = dA_t * h + dBu_t  # (B, Di, N)
+            h = dA_t * h + dBu_t  # (B, N, Di)
             hs.append(h)
-        y = torch.einsum("btdn,btn->btd", torch.stack(hs, dim=1), c) + self.D * u  # (B, T, Di)
+        y = torch.einsum("btnd,btn->btd", torch.stack(hs, dim=1), c) + self.D * u  # (B, T, Di)
         return x + self.out_proj(y * F.silu(z)), conv_state, h
 
 
@@ -118,7 +121,7 @@ class MambaLM(ByteLM):
         c = self.config
         spec = []
         for i in range(c.n_layers):
-            spec += [(f"{i}.conv", (c.d_inner, c.d_conv - 1)), (f"{i}.ssm", (c.d_inner, c.d_state))]
+            spec += [(f"{i}.conv", (c.d_conv - 1, c.d_inner)), (f"{i}.ssm", (c.d_state, c.d_inner))]
         return spec
 
     def step(self, byte_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

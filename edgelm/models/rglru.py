@@ -93,7 +93,7 @@ class RGLRULM(ByteLM):
         c = self.config
         spec = []
         for i in range(c.n_layers):
-            spec += [(f"{i}.conv", (c.d_rnn, c.d_conv - 1)), (f"{i}.h", (c.d_rnn,))]
+            spec += [(f"{i}.conv", (c.d_conv - 1, c.d_rnn)), (f"{i}.h", (c.d_rnn,))]
         return spec
 
     def step(self, byte_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

@@ -5,7 +5,9 @@ names it FUSED. `fuse` finds it by the model's arch name, so a new architecture'
 new file here. common.py holds the shared pieces and explains why the forms look as they do.
 
     fuse(model, dtype) -> FusedLM: forward(byte_ids (B,), *state) -> (logits, *state)
-    FusedPrefill(fused, chunk): the same step unrolled over chunk bytes
+    FusedPrefill(fused, chunk): a chunk of bytes through the form's `prefill_core`: the residual
+        forms run every matmul over the whole chunk and scan only the recurrence (chunk_scan);
+        LSTM / GRU unroll the step (their recurrences are not linear)
 """
 
 from __future__ import annotations

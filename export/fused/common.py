@@ -1,4 +1,4 @@
-"""What every fused form shares: frozen weights, the graph edges, the prefill unroll, and the
+"""What every fused form shares: frozen weights, the graph edges, the prefill chunk path, and the
 residual architectures' norm, gated MLP and GELU.
 
 At batch 1 every ONNX node costs a kernel launch (or a CPU dispatch) and the matmuls are tiny,
@@ -37,15 +37,16 @@ GELU_C = 0.044715 / GELU_K1 ** 2  # with g = k1 x: argument = g + GELU_C * g^3
 
 
 class _Softplus(torch.autograd.Function):
-    """softplus exported as the single ONNX Softplus node (F.softplus gives 3 nodes)."""
+    """softplus exported as 5 vectorised nodes (F.softplus gives a Softplus node and more)."""
 
     @staticmethod
     def forward(ctx, x):
         return F.softplus(x)
 
     @staticmethod
-    def symbolic(g, x):
-        return g.op("Softplus", x)
+    def symbolic(g, x):  # relu(x) - log(sigmoid(|x|)): exact, no overflow, and vectorised where
+        # ONNX Runtime's Softplus kernel is scalar (13 ns per value against ~3, measured)
+        return g.op("Sub", g.op("Relu", x), g.op("Log", g.op("Sigmoid", g.op("Abs", x))))
 
 
 def gelu_scaled(g: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,12 @@ class Frozen(nn.Module):
         self.tables += list(tables)
 
     def mm(self, name: str, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, in) @ weight `name` (in, out) [+ bias]: float, or its quantized form."""
+        """x (B, in) @ weight `name` (in, out) [+ bias]: float, or its quantized form.
+        A chunk x (B, C, in) runs as one (B*C, in) matmul and comes back (B, C, out)."""
+        if x.dim() == 3:  # python ints: the graph reshapes by constants, not Shape nodes
+            c, n = int(x.shape[1]), int(x.shape[2])
+            y = self.mm(name, x.reshape(-1, n), bias)
+            return y.reshape(-1, c, int(y.shape[-1]))
         self.observe(name, x)
         if name in self.qsites:
             return self.qsites[name](x, bias)
@@ -128,6 +134,12 @@ class Frozen(nn.Module):
 class FusedLM(Frozen):
     """A fused single-step module: Cast in/out for fp16 around `core`, then the head (`logits`)."""
 
+    # Bytes per prefill call by default. 32: within 10% of the best of 16 / 32 / 64 for LSTM, GRU
+    # and Mamba on the x86 CPU, 4 KB and 200-byte prompts alike; minGRU and RG-LRU take 64 (10-20%
+    # faster there). bench/results/prefill_chunk.json; no GPU or Jetson was measured (they get the
+    # same), and `edgelm export --chunk` overrides it.
+    PREFILL_CHUNK: ClassVar[int] = 32
+
     def forward(self, byte_ids: torch.Tensor, *state: torch.Tensor):
         """One byte: byte_ids (B,) int64, states fp32 -> logits (B, 256) fp32, states fp32."""
         x, state = self.core(byte_ids, [self.to_c(s) for s in state])
@@ -137,13 +149,20 @@ class FusedLM(Frozen):
         """byte_ids (B,), states in the compute dtype -> the last hidden x, the new states."""
         raise NotImplementedError
 
+    def prefill_core(self, byte_ids, state):
+        """byte_ids (B, C) -> the last byte's hidden x, the states after the chunk. This default
+        unrolls `core` byte by byte; forms with a parallel chunk path override it."""
+        for t in range(int(byte_ids.shape[1])):
+            x, state = self.core(byte_ids[:, t], state)  # one Gather per position
+        return x, state
+
     def logits(self, x):
         """The last hidden x -> logits (B, 256) float32."""
         raise NotImplementedError
 
 
 class FusedPrefill(nn.Module):
-    """C bytes per stream, unrolled over the fused step: byte_ids (B, C) -> last logits."""
+    """C bytes per stream through the form's chunk path: byte_ids (B, C) -> last logits."""
 
     def __init__(self, step: FusedLM, chunk: int):
         super().__init__()
@@ -151,10 +170,53 @@ class FusedPrefill(nn.Module):
 
     def forward(self, byte_ids: torch.Tensor, *state: torch.Tensor):
         s = self.step
-        state = [s.to_c(t) for t in state]
-        for t in range(self.chunk):
-            x, state = s.core(byte_ids[:, t], state)  # one Gather per position
+        x, state = s.prefill_core(byte_ids, [s.to_c(t) for t in state])
         return (s.logits(x), *[s.to_f(t) for t in state])
+
+
+# -- chunk-parallel pieces ---------------------------------------------------------------------
+def chunk_scan(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, block: int, log_a: torch.Tensor | None = None):
+    """h_t = a_t * h_{t-1} + b_t over a chunk, in blocks of `block` positions.
+
+    a, b (B, C, *S), h (B, *S) -> every h (B, C, *S), the last h (B, *S). Blocks > 1 need
+    log_a = log(a) (<= 0), computed without underflow by the caller.
+    block 1 is the sequential scan: one Mul and one Add per position on (B, *S), the same
+    arithmetic as the step. block L > 1 solves each block in parallel: inside it the decay
+    from s to t <= s is exp(cumsum_t - cumsum_s) (a difference of log-decays: no overflow), and
+    only the carry between blocks is sequential; L^2 work per block for 2L fewer nodes.
+    """
+    h, outs = h.unsqueeze(1), []  # (B, 1, *S)
+    if block == 1:
+        for a_t, b_t in zip(a.split(1, dim=1), b.split(1, dim=1)):  # one Split each
+            h = a_t * h + b_t
+            outs.append(h)
+        return torch.cat(outs, dim=1), h[:, 0]  # h[:, 0], not squeeze (an If node)
+    for la, bb in zip(log_a.split(block, dim=1), b.split(block, dim=1)):  # (B, L, *S) each
+        n, tail = int(la.shape[1]), (1,) * (la.dim() - 2)
+        cs = la.cumsum(dim=1)  # (B, L, *S)
+        mask = torch.full((n, n), -torch.inf, dtype=la.dtype).triu(1).reshape(n, n, *tail)  # s > t: -inf
+        decay = torch.exp(cs.unsqueeze(2) - cs.unsqueeze(1) + mask)  # (B, L_t, L_s, *S)
+        h = (decay * bb.unsqueeze(1)).sum(2) + torch.exp(cs) * h  # (B, L, *S)
+        outs.append(h)
+        h = h[:, -1:]
+    return torch.cat(outs, dim=1), h[:, 0]  # h[:, 0], not squeeze (an If node)
+
+
+def conv_step(x: torch.Tensor, conv: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None):
+    """One step of the causal depthwise conv (edgelm.models.common.causal_conv_step with the
+    weight stored (K, Ch)). x (B, Ch), conv (B, K-1, Ch) -> y (B, Ch), the new conv state."""
+    window = torch.cat([conv, x.unsqueeze(1)], dim=1)  # (B, K, Ch)
+    y = (window * w).sum(1)  # (B, Ch)
+    return (y if bias is None else y + bias), window[:, 1:]
+
+
+def causal_conv_chunk(x: torch.Tensor, conv: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None):
+    """Causal depthwise conv over a chunk, as K shifted slices (no Conv node: any dtype, any target).
+    x (B, C, Ch), conv (B, K-1, Ch), w (K, Ch) -> y (B, C, Ch), the new conv state (B, K-1, Ch)."""
+    c, k = int(x.shape[1]), int(w.shape[0])
+    xt = torch.cat([conv, x], dim=1)  # (B, K-1+C, Ch)
+    y = sum(xt[:, j:j + c] * w[j] for j in range(k))  # (B, C, Ch)
+    return (y if bias is None else y + bias), xt[:, c:]
 
 
 # -- residual architectures (minGRU, Mamba, RG-LRU) --------------------------------------------
@@ -166,6 +228,11 @@ class ResidualLayer(Frozen):
     """
 
     NORM_OF = {"w_in": "nw", "w_gu": "nw_mlp"}
+    # chunk_scan's block in the prefill graph. 1 (the sequential scan) was the fastest on this
+    # x86 CPU in ONNX Runtime at every block tried (bench/results/prefill_chunk.json): at these
+    # widths a node costs more than the L^2 work it would save. Larger blocks trade nodes for
+    # work, which suits GPUs (not measured here: no GPU was lent); tests cover every block.
+    SCAN_BLOCK = 1
 
     def __init__(self, block: nn.Module, eps: float, dtype: torch.dtype):
         super().__init__(dtype)
@@ -181,6 +248,10 @@ class ResidualLayer(Frozen):
     def norm(self, x, w):
         """float32 residual x (B, D) -> normed, in the compute dtype."""
         return self.to_c(rms_norm(x, w, self.eps))
+
+    def seq(self, x, *state):
+        """The chunk path: x (B, C, D) float32 -> x (B, C, D), the states after the chunk."""
+        raise NotImplementedError
 
     def mlp(self, x):
         g, u = self.mm("w_gu", self.norm(x, self.nw_mlp)).split([self.f_mlp] * 2, dim=-1)  # (B, F) each
@@ -209,6 +280,17 @@ class FusedResidual(FusedLM):
             x, *s = layer.step(x, *state[k * i:k * (i + 1)])
             new += s
         return x, new
+
+    def prefill_core(self, byte_ids, state):
+        """byte_ids (B, C): every matmul, norm and MLP over the whole chunk; only the recurrence
+        scans (chunk_scan); the head sees the last byte only."""
+        x = self.to_f(self.lookup("table", byte_ids))  # (B, C, D) float32 residual stream
+        k = len(state) // len(self.layers)
+        new = []
+        for i, layer in enumerate(self.layers):
+            x, *s = layer.seq(x, *state[k * i:k * (i + 1)])
+            new += s
+        return x[:, -1], new
 
     def logits(self, x):
         return self.to_f(self.mm("w_head", self.to_c(rms_norm(x, self.nw_f, self.eps))))  # (B, 256)

@@ -1,8 +1,7 @@
 """Fused Mamba step.
 
-- A = -exp(A_log) is precomputed; softplus is the single ONNX Softplus node
-- x_proj's B and C columns come out of one Split and broadcast against the (B, Di, N) state
-  after one Unsqueeze
+- A = -exp(A_log) is precomputed, (N, Di) like the state
+- x_proj's B and C columns come out of one Split; <h, C> is one batched MatMul (B, 1, N) @ (B, N, Di)
 - the low-rank dt pair stays two matmuls: multiplying it out into one Gemm saves 2 nodes but
   costs ~5x the FLOPs of that projection; measured no faster
 """
@@ -11,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ...models.common import causal_conv_step
-from .common import FusedResidual, ResidualLayer, _Softplus
+from .common import FusedResidual, ResidualLayer, _Softplus, causal_conv_chunk, chunk_scan, conv_step
 
 
 class MambaLayer(ResidualLayer):
@@ -23,31 +21,46 @@ class MambaLayer(ResidualLayer):
         self.di, self.n, self.r = cfg.d_inner, cfg.d_state, cfg.dt_rank
         self.keep_mm(w_in=block.in_proj.weight.t())  # (D, 2Di): [x_in, z]
         self.keep(b_in=block.in_proj.bias, b_out=block.out_proj.bias)  # (2Di,), (D,) or None (no bias)
-        self.keep(conv_w=block.conv_weight)  # (Di, K)
+        self.keep(conv_w=block.conv_weight.t())  # (K, Di)
         self.keep(conv_b=block.conv_bias)  # (Di,) or None
         self.keep_mm(w_x=block.x_proj.weight.t())  # (Di, R + 2N)
         self.keep_mm(w_dt=block.dt_proj.weight.t())  # (R, Di)
         self.keep(b_dt=block.dt_proj.bias)  # (Di,)
-        self.keep(A=-torch.exp(block.A_log))  # (Di, N)
+        self.keep(A=-torch.exp(block.A_log).t())  # (N, Di)
         self.keep(D=block.D)  # (Di,)
         self.keep_mm(w_out=block.out_proj.weight.t())  # (Di, D)
 
     def ssm(self, u, ssm):
-        """u (B, Di), ssm (B, Di, N) -> y (B, Di), ssm."""
+        """u (B, Di), ssm (B, N, Di) -> y (B, Di), ssm."""
         dt, bc = self.mm("w_x", u).split([self.r, 2 * self.n], dim=-1)  # (B, R), (B, 2N)
-        dt = _Softplus.apply(self.mm("w_dt", dt, self.b_dt)).unsqueeze(-1)  # (B, Di, 1)
+        dt = _Softplus.apply(self.mm("w_dt", dt, self.b_dt)).unsqueeze(1)  # (B, 1, Di)
         b, c = bc.unsqueeze(1).split([self.n, self.n], dim=-1)  # (B, 1, N) each
-        ssm = torch.exp(dt * self.A) * ssm + (dt * u.unsqueeze(-1)) * b  # (B, Di, N)
-        y = (ssm * c).sum(-1) + self.D * u  # (B, Di)
+        ssm = torch.exp(dt * self.A) * ssm + (dt * u.unsqueeze(1)) * b.transpose(1, 2)  # (B, N, Di)
+        y = torch.matmul(c, ssm).reshape(-1, self.di) + self.D * u  # (B, Di)
         self.observe("ssm_out", y)
         return y, ssm
 
     def step(self, x, conv, ssm):
-        """x (B, D) float32 residual stream, conv (B, Di, K-1), ssm (B, Di, N) -> x, conv, ssm."""
+        """x (B, D) float32 residual stream, conv (B, K-1, Di), ssm (B, N, Di) -> x, conv, ssm."""
         xin, z = self.mm("w_in", self.norm(x, self.nw), self.b_in).split([self.di] * 2, dim=-1)  # (B, Di) each
-        u, conv = causal_conv_step(xin, conv, self.conv_w, self.conv_b)
+        u, conv = conv_step(xin, conv, self.conv_w, self.conv_b)
         u = u * torch.sigmoid(u)  # silu
         y, ssm = self.ssm(u, ssm)
+        x = x + self.to_f(self.mm("w_out", y * (z * torch.sigmoid(z)), self.b_out))
+        return x, conv, ssm
+
+    def seq(self, x, conv, ssm):
+        """x (B, C, D) float32 -> x (B, C, D), conv and ssm after the chunk. The decay
+        exp(dt * A) and the input term of every position are one op each over (B, C, N, Di)."""
+        xin, z = self.mm("w_in", self.norm(x, self.nw), self.b_in).split([self.di] * 2, dim=-1)  # (B, C, Di)
+        u, conv = causal_conv_chunk(xin, conv, self.conv_w, self.conv_b)
+        u = u * torch.sigmoid(u)  # silu
+        dt, bc = self.mm("w_x", u).split([self.r, 2 * self.n], dim=-1)  # (B, C, R), (B, C, 2N)
+        dt = _Softplus.apply(self.mm("w_dt", dt, self.b_dt))  # (B, C, Di)
+        b, c = bc.unsqueeze(2).split([self.n, self.n], dim=-1)  # (B, C, 1, N) each
+        log_a = dt.unsqueeze(2) * self.A  # (B, C, N, Di)
+        hs, ssm = chunk_scan(torch.exp(log_a), (dt * u).unsqueeze(2) * b.transpose(2, 3), ssm, self.SCAN_BLOCK, log_a)
+        y = torch.matmul(c, hs).reshape(-1, int(x.shape[1]), self.di) + self.D * u  # (B, C, Di)
         x = x + self.to_f(self.mm("w_out", y * (z * torch.sigmoid(z)), self.b_out))
         return x, conv, ssm
 

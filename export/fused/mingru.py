@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import FusedResidual, ResidualLayer
+from .common import FusedResidual, ResidualLayer, _Softplus, chunk_scan
 
 
 class MinGRULayer(ResidualLayer):
@@ -29,8 +29,19 @@ class MinGRULayer(ResidualLayer):
         x = x + self.to_f(self.mm("w_out", h))
         return self.mlp(x), h
 
+    def seq(self, x, h):
+        """x (B, C, D) float32, h (B, Dh) -> x (B, C, D), h after the chunk."""
+        k, cand, cand5 = self.mm("w_in", self.norm(x, self.nw), self.b_in).split([self.dh] * 3, dim=-1)
+        gc = torch.maximum(cand5, torch.sigmoid(cand))  # (B, C, Dh)
+        z = torch.sigmoid(k)
+        log_a = -_Softplus.apply(k) if self.SCAN_BLOCK > 1 else None  # log(1 - z), without underflow
+        hs, h = chunk_scan(1.0 - z, z * gc, h, self.SCAN_BLOCK, log_a)  # (B, C, Dh)
+        x = x + self.to_f(self.mm("w_out", hs))
+        return self.mlp(x), h
+
 
 class FusedMinGRU(FusedResidual):
+    PREFILL_CHUNK = 64  # measured (see FusedLM.PREFILL_CHUNK)
     Layer = MinGRULayer
 
 

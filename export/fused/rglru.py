@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...models.common import causal_conv_step
 from ...models.rglru import C_SCALE
-from .common import GELU_K1, FusedResidual, ResidualLayer, gelu_scaled
+from .common import GELU_K1, FusedResidual, ResidualLayer, causal_conv_chunk, chunk_scan, conv_step, gelu_scaled
 
 
 class RGLRULayer(ResidualLayer):
@@ -22,30 +21,45 @@ class RGLRULayer(ResidualLayer):
         w = block.in_proj.weight.t().clone()  # (D, 2Dr): [gate, u]
         w[:, :w.shape[1] // 2] *= GELU_K1
         self.keep_mm(w_in=w)
-        self.keep(conv_w=block.conv_weight)  # (Dr, K)
+        self.keep(conv_w=block.conv_weight.t())  # (K, Dr)
         self.keep(conv_b=block.conv_bias)  # (Dr,)
         self.keep_mm(w_g=block.gates.weight.t())  # (Dr, 2Dr): [r, i]
         self.keep(b_g=block.gates.bias)  # (2Dr,)
         self.keep(k_a=-C_SCALE * F.softplus(-block.a_param))  # (Dr,): log a = k_a * r
         self.keep_mm(w_out=block.out_proj.weight.t() / GELU_K1)  # (Dr, D)
 
+    def coefficients(self, u):
+        """u (..., Dr) -> log a, the input term b of h = a * h + b."""
+        r, ig = torch.sigmoid(self.mm("w_g", u, self.b_g)).split([self.dr] * 2, dim=-1)
+        log_a = r * self.k_a
+        a = torch.exp(log_a)
+        return log_a, a, torch.sqrt((1.0 - a * a).clamp_min(1e-12)) * (ig * u)
+
     def rglru(self, u, h):
         """u, h (B, Dr) -> the new h."""
-        r, ig = torch.sigmoid(self.mm("w_g", u, self.b_g)).split([self.dr] * 2, dim=-1)
-        a = torch.exp(r * self.k_a)  # (B, Dr)
-        mult = torch.sqrt((1.0 - a * a).clamp_min(1e-12))
-        return a * h + mult * (ig * u)
+        _, a, b = self.coefficients(u)
+        return a * h + b
 
     def step(self, x, conv, h):
-        """x (B, D) float32 residual stream, conv (B, Dr, K-1), h (B, Dr) -> x, conv, h."""
+        """x (B, D) float32 residual stream, conv (B, K-1, Dr), h (B, Dr) -> x, conv, h."""
         gate, u = self.mm("w_in", self.norm(x, self.nw)).split([self.dr] * 2, dim=-1)  # (B, Dr) each
-        u, conv = causal_conv_step(u, conv, self.conv_w, self.conv_b)
+        u, conv = conv_step(u, conv, self.conv_w, self.conv_b)
         h = self.rglru(u, h)
         x = x + self.to_f(self.mm("w_out", h * gelu_scaled(gate)))
         return self.mlp(x), conv, h
 
+    def seq(self, x, conv, h):
+        """x (B, C, D) float32 -> x (B, C, D), conv and h after the chunk."""
+        gate, u = self.mm("w_in", self.norm(x, self.nw)).split([self.dr] * 2, dim=-1)  # (B, C, Dr) each
+        u, conv = causal_conv_chunk(u, conv, self.conv_w, self.conv_b)
+        log_a, a, b = self.coefficients(u)
+        hs, h = chunk_scan(a, b, h, self.SCAN_BLOCK, log_a)  # (B, C, Dr)
+        x = x + self.to_f(self.mm("w_out", hs * gelu_scaled(gate)))
+        return self.mlp(x), conv, h
+
 
 class FusedRGLRU(FusedResidual):
+    PREFILL_CHUNK = 64  # measured (see FusedLM.PREFILL_CHUNK)
     Layer = RGLRULayer
 
 
