@@ -69,11 +69,17 @@ class Scheduler:
             jobs, batch = self.jobs, len(self.jobs)
             if not batch:
                 return []
-            ids = self._ids[:batch]
-            logits = np.take(self.session.logits_pool, self._rows, axis=0, out=self._logits[:batch])
-            self._sampler.sample(logits, [job.stream.sampler for job in jobs], ids)
-            self.session.run(self._slots, ids)
-        out = [(job.stream, job.accept(b)) for job, b in zip(jobs, ids.tolist())]
+            if batch == 1:  # Stream.generate's batch-1 path: the same byte, a third of the bookkeeping
+                stream = jobs[0].stream
+                ids = [stream.sampler.sample(self.session.logits_pool[stream.slot])]
+                self.session.step_one(self._slots, ids[0])
+            else:
+                rows = self._ids[:batch]
+                logits = np.take(self.session.logits_pool, self._rows, axis=0, out=self._logits[:batch])
+                self._sampler.sample(logits, [job.stream.sampler for job in jobs], rows)
+                self.session.run(self._slots, rows)
+                ids = rows.tolist()
+        out = [(job.stream, job.accept(b)) for job, b in zip(jobs, ids)]
         if any(job.done for job in jobs):
             self.jobs = [j for j in self.jobs if not j.done]
             self._resync()
