@@ -170,8 +170,15 @@ class FusedPrefill(nn.Module):
 
     def forward(self, byte_ids: torch.Tensor, *state: torch.Tensor):
         s = self.step
-        x, state = s.prefill_core(byte_ids, [s.to_c(t) for t in state])
-        return (s.logits(x), *[s.to_f(t) for t in state])
+        sites = [m for m in s.modules() if hasattr(m, "hold")]  # quantized matmuls: dequantize once
+        for m in sites:
+            m.hold(True)
+        try:
+            x, state = s.prefill_core(byte_ids, [s.to_c(t) for t in state])
+            return (s.logits(x), *[s.to_f(t) for t in state])
+        finally:
+            for m in sites:
+                m.hold(False)
 
 
 # -- chunk-parallel pieces ---------------------------------------------------------------------

@@ -38,10 +38,19 @@ class QuantMatMul(nn.Module):
         if self.rotate:
             self.register_buffer("H", hadamard(self.rotate))
 
+    held: torch.Tensor | None = None  # the dequantized weight while a prefill trace holds it
+
     def weight(self) -> torch.Tensor:
+        if self.held is not None:
+            return self.held
         if self.group:
             return dequant_blocked(self.w_q, self.w_scale, self.group)
         return dequant(self.w_q, self.w_scale)
+
+    def hold(self, on: bool) -> None:
+        """While on, weight() dequantizes once and reuses it: an unrolled prefill graph then holds
+        one DequantizeLinear per weight, not one per byte (ONNX Runtime does not merge them)."""
+        self.held = self.weight() if on else None
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         xr = x
