@@ -98,3 +98,23 @@ def test_a_prefill_module_traces_with_a_quantized_form(tmp_path):
     want_x, _ = unrolled(form, ids, state)
     got_x, _ = FusedPrefill(form, 16).step.prefill_core(ids, state)
     assert (got_x - want_x).abs().max() < 2e-5
+
+
+@pytest.mark.parametrize("arch", PARALLEL)
+def test_a_quantized_chunk_path_exports_and_validates(tmp_path, arch):
+    """w8a8 quantizes the embedding table per column: gathered for a whole chunk (B, C) it must keep
+    its scale on the last axis. The export's validation runs the prefill graph against the
+    fake-quantized stepping and refuses the bundle on any miss."""
+    from quant_fixtures import calibration_bytes
+
+    from edgelm.checkpoint import save_model
+    from edgelm.export import export_bundle
+    from edgelm.export.quant.run import prepare, quantize_calibrated
+
+    calib = tmp_path / "calib.txt"
+    calib.write_bytes(calibration_bytes())
+    model, cal, texts, _ = prepare(MODELS / f"{arch}-tiny.pt", [calib], None)
+    entry, _, _ = quantize_calibrated(model, cal, texts, "w8a8", 64)
+    save_model(model, tmp_path / "q.pt", extra={"quant": entry})
+    m = export_bundle(tmp_path / "q.pt", "cpu", None, tmp_path / "bundle")
+    assert m.precision == "int8" and m.validation["prefill_max_abs_diff"] <= m.validation["atol"]

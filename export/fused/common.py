@@ -115,7 +115,11 @@ class Frozen(nn.Module):
         return x @ w if bias is None else torch.addmm(bias, x, w)
 
     def lookup(self, name: str, ids: torch.Tensor) -> torch.Tensor:
-        """Rows `ids` (B,) of table `name`: (B, width)."""
+        """Rows `ids` (B,) of table `name`: (B, width). A chunk's ids (B, C) gather as (B*C,)
+        and come back (B, C, width): a quantized table's per-column scale stays on its last axis."""
+        if ids.dim() == 2:
+            rows = self.lookup(name, ids.reshape(-1))
+            return rows.reshape(-1, int(ids.shape[1]), int(rows.shape[-1]))
         if name in self.qsites:
             return self.qsites[name].lookup(ids)
         return getattr(self, name)[ids]
