@@ -47,8 +47,9 @@ def checks(m: dict) -> list[tuple[str, str, str, bool | None]]:
 
 def model_table(m: dict) -> list[str]:
     lines = [f"### {m['model']} ({m['params']:,} parameters, {m['weights']})", "",
-             f"{m['flops_per_byte']:,} matmul FLOP per byte; GEMM floor {m['gemm_floor_us']:.2f} µs per byte "
-             f"({1e6 / m['gemm_floor_us']:,.0f} B/s); fp32 BPB {_f(m['fp32_bpb'], '.4f')}", "",
+             f"{m['flops_per_byte']:,} matmul FLOP and {m['weight_bytes']:,} weight bytes per byte (fused fp32 "
+             f"step); GEMM floor {m['gemm_floor_us']:.2f} µs per byte ({1e6 / m['gemm_floor_us']:,.0f} B/s); "
+             f"{m['state_values_per_stream']:,} state values per stream; fp32 BPB {_f(m['fp32_bpb'], '.4f')}", "",
              "| system | µs/byte p50 | p99 | B/s @1 | @8 | @64 | @256 | prefill B/s | TTFB ms (4 KB) | "
              "peak RSS MB | size KB | ΔBPB |", "|" + "---|" * 12]
     for name, r in m["systems"].items():
@@ -63,6 +64,40 @@ def model_table(m: dict) -> list[str]:
     return lines + [""]
 
 
+PEERS = ("ort-plain-fp32", "ort-quantize-dynamic", "torch-eager", "torch-eager-no-onednn", "torch-ao-int8")
+
+
+def _get(row: dict, *keys):
+    for k in keys:
+        if not isinstance(row, dict) or k not in row:
+            return None
+        row = row[k]
+    return row
+
+
+def _best_peer(m: dict, *keys, low: bool) -> tuple[str, float] | tuple[None, None]:
+    vals = [(n, _get(m["systems"].get(n, {}), *keys)) for n in PEERS]
+    vals = [(n, v) for n, v in vals if v is not None]
+    return (min if low else max)(vals, key=lambda nv: nv[1]) if vals else (None, None)
+
+
+def summary(result: dict) -> list[str]:
+    """One line per model: edgelm's fp32 and w8a8 bundles against the best of the peers."""
+    lines = ["| model | µs/byte @1: edgelm fp32 / w8a8 | best peer | B/s @64: edgelm fp32 | best peer | "
+             "prefill B/s: edgelm fp32 | best peer | w8a8 ΔBPB |", "|" + "---|" * 8]
+    for m in result["models"]:
+        s = m["systems"]
+        fp, w8 = s.get("edgelm-fp32", {}), s.get("edgelm-w8a8", {})
+        pl, plv = _best_peer(m, "latency", "median_us", low=True)
+        pt, ptv = _best_peer(m, "bytes_per_s", "64", low=False)
+        pp, ppv = _best_peer(m, "prefill_bytes_per_s", low=False)
+        lines.append(f"| {m['model']} | {_f(_get(fp, 'latency', 'median_us'), '.1f')} / "
+                     f"{_f(_get(w8, 'latency', 'median_us'), '.1f')} | {_f(plv, '.1f')} ({pl}) | "
+                     f"{_f(_get(fp, 'bytes_per_s', '64'))} | {_f(ptv)} ({pt}) | "
+                     f"{_f(fp.get('prefill_bytes_per_s'))} | {_f(ppv)} ({pp}) | {_f(w8.get('delta_bpb'), '+.4f')} |")
+    return lines + [""]
+
+
 def markdown(result: dict) -> str:
     mc, fl = result["machine"], result["floor"]
     lines = ["# edgelm benchmark (`make bench`)", "",
@@ -74,7 +109,7 @@ def markdown(result: dict) -> str:
         for target, measured, limit, ok in checks(m):
             verdict = "info" if ok is None else "PASS" if ok else "MISS"
             lines.append(f"| {m['model']} | {target} | {measured} | {limit} | {verdict} |")
-    lines += ["", "## Per model", ""]
+    lines += ["", "## Summary", ""] + summary(result) + ["## Per model", ""]
     for m in result["models"]:
         lines += model_table(m)
     return "\n".join(lines) + "\n"

@@ -44,15 +44,17 @@ def text_streams(steps: int = STEPS, batch: int = 2) -> np.ndarray:
     return np.array([[TEXT[(97 * b + t) % len(TEXT)] for t in range(steps)] for b in range(batch)], np.int64)
 
 
-def session(path: str | Path, threads: int = 0, precision: str = "fp32"):
+def session(path: str | Path, threads: int = 0, precision: str = "fp32", graph: str = "step"):
     """An ONNX Runtime CPU session configured as the runtime's backend configures it."""
     import onnxruntime as ort
 
-    from ..runtime.backends.ort import disabled_optimizers
+    from ..runtime.backends.ort import disabled_optimizers, session_config
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    for key, value in session_config(precision, graph).items():
+        opts.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=disabled_optimizers(precision))
 
@@ -95,7 +97,7 @@ def stream_parity(model: ByteLM, step_path: str | Path, steps: int = STEPS, stat
 def prefill_parity(model: ByteLM, prefill_path: str | Path, chunk: int, state,
                    precision: str = "fp32") -> tuple[float, float]:
     """One chunk from `state`: ORT prefill vs model.forward (last logits, final states)."""
-    sess, names = session(prefill_path, threads=1, precision=precision), model.state_names()
+    sess, names = session(prefill_path, threads=1, precision=precision, graph="prefill"), model.state_names()
     data = text_streams(chunk + 11)[:, 11:]  # (2, C)
     out = sess.run(None, _feeds(names, data, [s.numpy() for s in state]))
     logits, new_state = model(torch.from_numpy(data), tuple(state))

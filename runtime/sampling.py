@@ -131,6 +131,7 @@ class Sampler:
 
     def __init__(self, sampling: Sampling = Sampling()):
         self.sampling = sampling
+        self.key = sampling.key  # computed once: a batch compares every row's key every step
         self.rng = np.random.default_rng(sampling.seed)
         self._t = float(sampling.temperature)
         self._plain = sampling.top_k in (0, VOCAB) and sampling.top_p >= 1.0
@@ -207,12 +208,12 @@ class BatchSampler:
     def sample_vectorised(self, logits: np.ndarray, samplers: list[Sampler], out: np.ndarray) -> None:
         """`sample` as one vectorised pass per group of equal parameters, whatever the batch size."""
         first = samplers[0].sampling
-        if all(s.sampling.key == first.key for s in samplers):
+        if all(s.key == first.key for s in samplers):
             self._rows(logits, samplers, first, out)
             return
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(samplers):
-            groups.setdefault(s.sampling.key, []).append(i)
+            groups.setdefault(s.key, []).append(i)
         for rows in groups.values():
             sub = np.empty(len(rows), np.int64)
             group = [samplers[i] for i in rows]
