@@ -42,13 +42,15 @@ test: install
 # Issue 13's benchmark, one run on this machine (~40 min on 2 cores; not part of CI): edgelm's fp32 /
 # fp16 / w8a8 / w4 bundles against PyTorch eager (oneDNN on and off), torch.ao dynamic int8, a plain
 # torch.onnx.export in ONNX Runtime and ONNX Runtime's quantize_dynamic, on the trained tiny models,
-# the char-RNN and random `small` presets; then the sampling costs and the prefill chunk choice.
+# the char-RNN and random `small` presets; then batch-1 latency again with each model's systems
+# interleaved (bench/latency.py), the sampling costs and the prefill chunk choice.
 # Writes bench/results/{bench.json,bench.md,sampling_bench.json,prefill_chunk.json}. BENCH_ARGS
 # passes options to bench/bench.py (e.g. BENCH_ARGS="--models lstm-tiny --quick").
 BENCH_ARGS ?=
 
 bench: install
 	$(PY) bench/bench.py --out bench/results/bench.json $(BENCH_ARGS)
+	$(PY) bench/latency.py --results bench/results/bench.json
 	$(PY) bench/sampling_bench.py --out bench/results/sampling_bench.json
 	$(PY) bench/prefill_chunk.py --out bench/results/prefill_chunk.json
 

@@ -145,7 +145,7 @@ def measure_peer(peer, model, trained: bool, data: bytes, ref_bpb: float, memory
 def probe_memory(kind: str, path: str, model_path: Path, work: Path) -> float | None:
     prompt = work / "prompt.txt"
     prompt.write_bytes(PROMPT)
-    cmd = [sys.executable, str(ROOT / "bench" / "peers.py"), kind, path, str(model_path), str(prompt),
+    cmd = [sys.executable, str(ROOT / "bench" / "memprobe.py"), kind, path, str(model_path), str(prompt),
            str(PROBE_BYTES)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, check=False)
     return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None

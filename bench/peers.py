@@ -15,7 +15,6 @@ a plain export has nothing else. Everything runs on one thread.
 
 from __future__ import annotations
 
-import resource
 import sys
 from pathlib import Path
 
@@ -95,34 +94,3 @@ def build(model, work: Path) -> list:
     return [TorchPeer("torch-eager", model), TorchPeer("torch-eager-no-onednn", model, onednn=False),
             TorchPeer("torch-ao-int8", model, onednn=False, quantized=True),
             OrtPeer("ort-plain-fp32", plain, model), OrtPeer("ort-quantize-dynamic", dynamic, model)]
-
-
-# -- process memory, measured in a fresh process per system --------------------------------------
-def probe(kind: str, path: str, model_path: str, prompt: bytes, n_bytes: int) -> float:
-    """Peak resident MB of a fresh process that loads one system, prefills `prompt` and decodes
-    `n_bytes` greedily (what an app embedding it holds)."""
-    if kind == "edgelm":
-        from edgelm.runtime import GREEDY, Session
-
-        with Session.open(path, max_streams=1) as sess, sess.stream(GREEDY, prompt) as s:
-            for _ in s.generate(n_bytes):
-                pass
-    else:
-        torch.set_num_threads(1)
-        from edgelm.checkpoint import load_model
-
-        model = load_model(model_path)
-        if kind.startswith("ort"):
-            peer = OrtPeer(kind, Path(path), model)
-        else:
-            peer = TorchPeer(kind, model, onednn=kind == "torch-eager", quantized=kind == "torch-ao-int8")
-        del model
-        ids, state = peer.prefill(prompt, peer.init_state(1))
-        for _ in range(n_bytes):
-            ids, state = peer.greedy(ids, state)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-if __name__ == "__main__":  # python bench/peers.py KIND PATH MODEL PROMPT_FILE N_BYTES
-    kind, path, model_path, prompt_file, n = sys.argv[1:6]
-    print(round(probe(kind, path, model_path, Path(prompt_file).read_bytes(), int(n)), 1))
