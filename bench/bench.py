@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import floor  # noqa: E402
 import peers  # noqa: E402
+from quant_baselines import _guard as guarded  # noqa: E402  fn() -> dict, or {"error": one line}
 from bench_edgelm import edgelm_systems, measure_edgelm  # noqa: E402
 from bench_report import markdown  # noqa: E402
 
@@ -152,14 +153,6 @@ def probe_memory(kind: str, path: str, model_path: Path, work: Path) -> float | 
 
 
 # -- one model --------------------------------------------------------------------------------
-def guarded(fn) -> dict:
-    try:
-        return fn()
-    except Exception as exc:  # noqa: BLE001 -- one system failing must not end the run
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        return {"error": f"{type(exc).__name__}: {first}"}
-
-
 def bench_model(name: str, work: Path, peak: dict, calib: Path, quick: bool) -> dict:
     from edgelm.checkpoint import load_model
     from edgelm.evaluate import bits_per_byte
