@@ -32,6 +32,7 @@ import sys  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -39,6 +40,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import floor  # noqa: E402
+import latency  # noqa: E402
 import peers  # noqa: E402
 from quant_baselines import _guard as guarded  # noqa: E402  fn() -> dict, or {"error": one line}
 from bench_edgelm import edgelm_systems, measure_edgelm  # noqa: E402
@@ -73,22 +75,6 @@ def model_file(name: str, work: Path) -> Path:
 
 
 # -- peers ------------------------------------------------------------------------------------
-def _stats(us: np.ndarray) -> dict:
-    return {"median_us": round(float(np.median(us)), 2), "p99_us": round(float(np.percentile(us, 99)), 2)}
-
-
-def peer_latency(peer, n: int) -> dict:
-    ids, state = peer.start_ids(1), peer.init_state(1)
-    for _ in range(50):
-        ids, state = peer.greedy(ids, state)
-    us = np.zeros(n)
-    for i in range(n):
-        t0 = time.perf_counter_ns()
-        ids, state = peer.greedy(ids, state)
-        us[i] = (time.perf_counter_ns() - t0) / 1e3
-    return _stats(us)
-
-
 def peer_throughput(peer, streams: int, steps: int) -> float:
     """Total bytes/s of `streams` greedy streams in lockstep: the median of 3 timed runs."""
     ids, state = peer.start_ids(streams), peer.init_state(streams)
@@ -126,15 +112,16 @@ def peer_bpb(peer, model, data: bytes) -> float | None:
     return torch_stepper_bpb(peer.model, data)[0]
 
 
-latency_bytes, prompt_bytes, streams = LATENCY_BYTES, PROMPT_BYTES, STREAMS  # the plan bench_edgelm reads
-
-
 def steps_for(streams: int) -> int:
     return max(16, 4096 // streams)
 
 
+PLAN = SimpleNamespace(latency_bytes=LATENCY_BYTES, prompt_bytes=PROMPT_BYTES, streams=STREAMS,
+                       steps_for=steps_for)  # the sizes bench_edgelm measures with
+
+
 def measure_peer(peer, model, trained: bool, data: bytes, ref_bpb: float, memory) -> dict:
-    row = {"latency": peer_latency(peer, LATENCY_BYTES),
+    row = {"latency": latency.measure(latency.PeerRunner(peer), LATENCY_BYTES),
            "bytes_per_s": {str(s): peer_throughput(peer, s, steps_for(s)) for s in STREAMS},
            **peer_prompt(peer), "size_bytes": peer.size_bytes, "peak_rss_mb": memory(peer)}
     if trained:
@@ -170,7 +157,7 @@ def bench_model(name: str, work: Path, peak: dict, calib: Path, quick: bool) -> 
     print(f"== {name}: {work_b['params']:,} params, {work_b['flops_per_byte']:,} FLOP/byte", flush=True)
     for sysname, bundle in edgelm_systems(path, mdir, calib, quick).items():
         res["systems"][sysname] = guarded(lambda: measure_edgelm(
-            bundle, trained, data, ref, lambda b: probe_memory("edgelm", str(b), path, mdir), sys.modules[__name__]))
+            bundle, trained, data, ref, lambda b: probe_memory("edgelm", str(b), path, mdir), PLAN))
         print(f"   {sysname}: {short(res['systems'][sysname])}", flush=True)
     for peer in peers.build(model, mdir / "peers"):
         res["systems"][peer.name] = guarded(lambda: measure_peer(

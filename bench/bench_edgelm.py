@@ -73,18 +73,20 @@ def measure_edgelm(bundle, trained: bool, data: bytes, ref_bpb: float | None, me
     from edgelm.runtime.evaluate import bundle_bits_per_byte
     from edgelm.runtime.profiler import prompt_timing, throughput
 
+    import latency
+
     if isinstance(bundle, Exception):
         raise bundle
     with Session.open(bundle, max_streams=1) as sess:
         backend = sess.describe()
-        us = latency_us(sess, plan.latency_bytes)
+        runner = latency.EdgelmRunner(sess)
+        lat = latency.measure(runner, plan.latency_bytes)
+        runner.stream.close()  # its slot: prompt_timing opens its own streams
         ttfb, rate = prompt_timing(sess, plan.prompt_bytes, 0.0)
     with Session.open(bundle, max_streams=max(plan.streams)) as sess:
         bps = {str(s): float(np.median([throughput(sess, s, plan.steps_for(s), 0.0) for _ in range(3)]))
                for s in plan.streams}  # median of 3: the machine is shared
-    row = {"backend": backend, "latency": {"median_us": round(float(np.median(us)), 2),
-                                           "p99_us": round(float(np.percentile(us, 99)), 2)},
-           "bytes_per_s": bps, "ttfb_ms": ttfb, "prefill_bytes_per_s": rate,
+    row = {"backend": backend, "latency": lat, "bytes_per_s": bps, "ttfb_ms": ttfb, "prefill_bytes_per_s": rate,
            "size_bytes": dir_bytes(bundle), "peak_rss_mb": memory(bundle)}
     if trained:
         path = bundle.parent / "heldout.txt"  # not inside: a bundle holds only its own files
@@ -92,22 +94,3 @@ def measure_edgelm(bundle, trained: bool, data: bytes, ref_bpb: float | None, me
         row["delta_bpb"] = round(bundle_bits_per_byte(bundle, path)["bits_per_byte"] - ref_bpb, 5)
         path.unlink()
     return row
-
-
-def latency_us(sess, n: int):
-    """Per-byte wall time of Stream.generate, greedy, batch 1, after 100 warm-up bytes."""
-    import time
-
-    import numpy as np
-
-    from edgelm.runtime import GREEDY
-
-    with sess.stream(GREEDY, b"def ") as stream:
-        for _ in stream.generate(100):
-            pass
-        gen, us = stream.generate(n), np.zeros(n)
-        for i in range(n):
-            t0 = time.perf_counter_ns()
-            next(gen)
-            us[i] = (time.perf_counter_ns() - t0) / 1e3
-    return us

@@ -35,13 +35,12 @@ ROUNDS, BYTES = 7, 150
 
 
 class EdgelmRunner:
-    """A Session's stream generating greedily, BYTES at a time."""
+    """A stream of an open Session generating greedily; `times(n)`: n per-byte wall times in µs."""
 
-    def __init__(self, bundle: Path):
-        from edgelm.runtime import GREEDY, Session
+    def __init__(self, sess):
+        from edgelm.runtime import GREEDY
 
-        self.sess = Session.open(bundle, max_streams=1)
-        self.stream = self.sess.stream(GREEDY, b"def ")
+        self.stream = sess.stream(GREEDY, b"def ")
         self.gen = self.stream.generate(10**9)
 
     def times(self, n: int) -> np.ndarray:
@@ -54,6 +53,8 @@ class EdgelmRunner:
 
 
 class PeerRunner:
+    """A peer (bench/peers.py) greedy-decoding one stream; `times(n)` as EdgelmRunner's."""
+
     def __init__(self, peer):
         self.peer = peer
         self.ids, self.state = peer.start_ids(1), peer.init_state(1)
@@ -69,16 +70,27 @@ class PeerRunner:
 
 def runners(m: dict, work: Path) -> dict:
     from edgelm.checkpoint import load_model
+    from edgelm.runtime import Session
 
     mdir = work / m["model"]
-    out = {name: EdgelmRunner(mdir / name) for name in m["systems"] if name.startswith("edgelm-")
-           and "error" not in m["systems"][name]}
+    out = {name: EdgelmRunner(Session.open(mdir / name, max_streams=1)) for name in m["systems"]
+           if name.startswith("edgelm-") and "error" not in m["systems"][name]}
     path = ROOT / "models" / f"{m['model']}.pt"
     model = load_model(path if path.is_file() else mdir / f"{m['model']}.pt")
     for peer in peers.build(model, mdir / "peers"):
         if "error" not in m["systems"].get(peer.name, {"error": 1}):
             out[peer.name] = PeerRunner(peer)
     return out
+
+
+def stats(us: np.ndarray) -> dict:
+    return {"median_us": round(float(np.median(us)), 2), "p99_us": round(float(np.percentile(us, 99)), 2)}
+
+
+def measure(runner, n: int) -> dict:
+    """One system alone: n per-byte times after 50 warm-up bytes (bench.py's first pass)."""
+    runner.times(50)
+    return stats(runner.times(n))
 
 
 def interleaved(m: dict, work: Path) -> dict:
@@ -89,12 +101,8 @@ def interleaved(m: dict, work: Path) -> dict:
     for _ in range(ROUNDS):
         for name, r in rs.items():
             samples[name].append(r.times(BYTES))
-    out = {}
-    for name, parts in samples.items():
-        us = np.concatenate(parts)
-        out[name] = {"median_us": round(float(np.median(us)), 2), "p99_us": round(float(np.percentile(us, 99)), 2),
-                     "method": f"interleaved, {ROUNDS} rounds x {BYTES} bytes"}
-    return out
+    return {name: {**stats(np.concatenate(parts)), "method": f"interleaved, {ROUNDS} rounds x {BYTES} bytes"}
+            for name, parts in samples.items()}
 
 
 def main() -> None:

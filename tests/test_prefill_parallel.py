@@ -15,7 +15,8 @@ import torch
 from runtime_fixtures import MODELS, bundle_dir  # noqa: F401
 from edgelm.checkpoint import load_model
 from edgelm.export.fused import FusedPrefill, fuse
-from edgelm.export.fused.common import FusedLM, causal_conv_chunk, chunk_scan, conv_step
+from edgelm.export.fused.common import FusedLM, causal_conv_chunk, chunk_scan
+from edgelm.models.common import causal_conv_step
 
 PARALLEL = ["mingru", "rglru", "mamba"]
 TEXT = b"def chunk_scan(a, b, h, block):\n    return hs, h  # (B, C, *S)\n"
@@ -59,11 +60,11 @@ def test_chunk_scan_matches_the_recurrence_at_every_block():
 def test_the_chunk_conv_is_the_step_conv_repeated():
     g = torch.Generator().manual_seed(1)
     x, conv = torch.randn(2, 7, 6, generator=g), torch.randn(2, 3, 6, generator=g)  # K = 4
-    w, bias = torch.randn(4, 6, generator=g), torch.randn(6, generator=g)
+    w, bias = torch.randn(6, 4, generator=g), torch.randn(6, generator=g)  # (Ch, K)
     y, state = causal_conv_chunk(x, conv, w, bias)
     s = conv
     for t in range(7):
-        yt, s = conv_step(x[:, t], s, w, bias)
+        yt, s = causal_conv_step(x[:, t], s, w, bias)
         assert torch.allclose(y[:, t], yt, atol=1e-6)
     assert torch.equal(state, s)
 

@@ -213,20 +213,13 @@ def chunk_scan(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, block: int, lo
     return torch.cat(outs, dim=1), h[:, 0]  # h[:, 0], not squeeze (an If node)
 
 
-def conv_step(x: torch.Tensor, conv: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None):
-    """One step of the causal depthwise conv (edgelm.models.common.causal_conv_step with the
-    weight stored (K, Ch)). x (B, Ch), conv (B, K-1, Ch) -> y (B, Ch), the new conv state."""
-    window = torch.cat([conv, x.unsqueeze(1)], dim=1)  # (B, K, Ch)
-    y = (window * w).sum(1)  # (B, Ch)
-    return (y if bias is None else y + bias), window[:, 1:]
-
-
 def causal_conv_chunk(x: torch.Tensor, conv: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None):
-    """Causal depthwise conv over a chunk, as K shifted slices (no Conv node: any dtype, any target).
-    x (B, C, Ch), conv (B, K-1, Ch), w (K, Ch) -> y (B, C, Ch), the new conv state (B, K-1, Ch)."""
-    c, k = int(x.shape[1]), int(w.shape[0])
+    """Causal depthwise conv over a chunk, as K shifted slices (no Conv node: any dtype, any target);
+    edgelm.models.common.causal_conv_step repeated. x (B, C, Ch), conv (B, K-1, Ch), w (Ch, K)
+    -> y (B, C, Ch), the new conv state (B, K-1, Ch)."""
+    c, k = int(x.shape[1]), int(w.shape[1])
     xt = torch.cat([conv, x], dim=1)  # (B, K-1+C, Ch)
-    y = sum(xt[:, j:j + c] * w[j] for j in range(k))  # (B, C, Ch)
+    y = sum(xt[:, j:j + c] * w[:, j] for j in range(k))  # (B, C, Ch)
     return (y if bias is None else y + bias), xt[:, c:]
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import FusedResidual, ResidualLayer, _Softplus, causal_conv_chunk, chunk_scan, conv_step
+from ...models.common import causal_conv_step
+from .common import FusedResidual, ResidualLayer, _Softplus, causal_conv_chunk, chunk_scan
 
 
 class MambaLayer(ResidualLayer):
@@ -21,7 +22,7 @@ class MambaLayer(ResidualLayer):
         self.di, self.n, self.r = cfg.d_inner, cfg.d_state, cfg.dt_rank
         self.keep_mm(w_in=block.in_proj.weight.t())  # (D, 2Di): [x_in, z]
         self.keep(b_in=block.in_proj.bias, b_out=block.out_proj.bias)  # (2Di,), (D,) or None (no bias)
-        self.keep(conv_w=block.conv_weight.t())  # (K, Di)
+        self.keep(conv_w=block.conv_weight)  # (Di, K)
         self.keep(conv_b=block.conv_bias)  # (Di,) or None
         self.keep_mm(w_x=block.x_proj.weight.t())  # (Di, R + 2N)
         self.keep_mm(w_dt=block.dt_proj.weight.t())  # (R, Di)
@@ -43,7 +44,7 @@ class MambaLayer(ResidualLayer):
     def step(self, x, conv, ssm):
         """x (B, D) float32 residual stream, conv (B, K-1, Di), ssm (B, N, Di) -> x, conv, ssm."""
         xin, z = self.mm("w_in", self.norm(x, self.nw), self.b_in).split([self.di] * 2, dim=-1)  # (B, Di) each
-        u, conv = conv_step(xin, conv, self.conv_w, self.conv_b)
+        u, conv = causal_conv_step(xin, conv, self.conv_w, self.conv_b)
         u = u * torch.sigmoid(u)  # silu
         y, ssm = self.ssm(u, ssm)
         x = x + self.to_f(self.mm("w_out", y * (z * torch.sigmoid(z)), self.b_out))

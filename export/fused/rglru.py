@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...models.common import causal_conv_step
 from ...models.rglru import C_SCALE
-from .common import GELU_K1, FusedResidual, ResidualLayer, causal_conv_chunk, chunk_scan, conv_step, gelu_scaled
+from .common import GELU_K1, FusedResidual, ResidualLayer, causal_conv_chunk, chunk_scan, gelu_scaled
 
 
 class RGLRULayer(ResidualLayer):
@@ -21,7 +22,7 @@ class RGLRULayer(ResidualLayer):
         w = block.in_proj.weight.t().clone()  # (D, 2Dr): [gate, u]
         w[:, :w.shape[1] // 2] *= GELU_K1
         self.keep_mm(w_in=w)
-        self.keep(conv_w=block.conv_weight.t())  # (K, Dr)
+        self.keep(conv_w=block.conv_weight)  # (Dr, K)
         self.keep(conv_b=block.conv_bias)  # (Dr,)
         self.keep_mm(w_g=block.gates.weight.t())  # (Dr, 2Dr): [r, i]
         self.keep(b_g=block.gates.bias)  # (2Dr,)
@@ -43,7 +44,7 @@ class RGLRULayer(ResidualLayer):
     def step(self, x, conv, h):
         """x (B, D) float32 residual stream, conv (B, K-1, Dr), h (B, Dr) -> x, conv, h."""
         gate, u = self.mm("w_in", self.norm(x, self.nw)).split([self.dr] * 2, dim=-1)  # (B, Dr) each
-        u, conv = conv_step(u, conv, self.conv_w, self.conv_b)
+        u, conv = causal_conv_step(u, conv, self.conv_w, self.conv_b)
         h = self.rglru(u, h)
         x = x + self.to_f(self.mm("w_out", h * gelu_scaled(gate)))
         return self.mlp(x), conv, h
