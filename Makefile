@@ -10,7 +10,7 @@ DEMO_MODEL ?= models/mamba-tiny.pt
 HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
 
-.PHONY: install demo test clean bench mutate mutate-report quant-bench import-bench profile-bench
+.PHONY: install cross-tools demo test clean bench bench-native mutate mutate-report quant-bench import-bench profile-bench
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,20 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[export,sign,plot,test]'
 	$(PY) -m pip install -q --no-deps tensorrt-stubs
 	touch $@
+
+# The native C target compiles with the host's C compiler (gcc); its tests also cross-compile for
+# aarch64 and run the result under qemu-user. Installed from Debian here when missing and we are
+# root (CI); otherwise the ARM test says what to install and is skipped.
+CROSS_PKGS = gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+
+cross-tools:
+	@if command -v cc >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CROSS_PKGS) >/dev/null; \
+	else \
+		echo "note: C compiler / aarch64 cross tools missing; as root: apt-get install $(CROSS_PKGS)"; \
+	fi
 
 demo: install
 	$(EDGELM) --version
@@ -35,7 +49,7 @@ demo: install
 
 # One pytest-xdist worker per core: the suite is single-threaded work (ONNX Runtime on one thread).
 # Resident-memory tests (marked serial) then run alone in a fresh process.
-test: install
+test: install cross-tools
 	$(PY) -m pytest -q -n auto -m "not serial"
 	$(PY) -m pytest -q -m serial
 
@@ -53,6 +67,12 @@ bench: install
 	$(PY) bench/latency.py --results bench/results/bench.json
 	$(PY) bench/sampling_bench.py --out bench/results/sampling_bench.json
 	$(PY) bench/prefill_chunk.py --out bench/results/prefill_chunk.json
+	$(PY) bench/native_bench.py --out bench/results/native_bench.json
+
+# Issue 14's benchmark alone (~10 min): the native C backend against the ONNX Runtime Session on the
+# same bundles (fp32 and w8a8), batch 1 interleaved, 64 streams, 4 KB prefill, the GEMM floor.
+bench-native: install
+	$(PY) bench/native_bench.py --out bench/results/native_bench.json
 
 # Mutation testing (not part of `make test` or CI: hours on 2 cores). Builds build/mutate/<group>/
 # workspaces and writes bench/results/mutation.json; see bench/mutation.py. MUTATE_MODULES picks

@@ -34,6 +34,8 @@ class DeviceProfile:
     default_max_streams: int
     builder_optimization_level: int  # TensorRT builder optimization level, 0-5
     sources: tuple[str, ...]
+    # C compiler flags for the native C target on this device's CPU ("-march=native": the host's own)
+    native_cflags: tuple[str, ...] = ()
 
     @property
     def app_memory_bytes(self) -> int:
@@ -55,7 +57,7 @@ class DeviceProfile:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("precisions", "tensorrt_versions", "sources"):
+        for key in ("precisions", "tensorrt_versions", "sources", "native_cflags"):
             d[key] = list(d[key])
         return d
 
@@ -63,12 +65,12 @@ class DeviceProfile:
     def from_dict(cls, d: dict) -> "DeviceProfile":
         """Build a profile from to_dict() output (e.g. a bundle manifest's "target")."""
         names = {f.name for f in fields(cls)}
-        missing = names - d.keys()
+        missing = names - d.keys() - {"native_cflags"}  # bundles before the native target lack it
         if missing:
             raise ValueError(f"device profile lacks {', '.join(sorted(missing))}")
-        kw = {k: d[k] for k in names}
-        for key in ("precisions", "tensorrt_versions", "sources"):
-            kw[key] = tuple(kw[key])
+        kw = {k: d[k] for k in names if k in d}
+        for key in ("precisions", "tensorrt_versions", "sources", "native_cflags"):
+            kw[key] = tuple(kw.get(key, ()))
         return cls(**kw)
 
 

@@ -139,22 +139,27 @@ def export(model: Path = typer.Argument(..., help=MODEL_HELP), target: str = typ
            with_reference: bool = typer.Option(False, "--with-reference",
                                                help="Also store model.pt for the torch reference backend."),
            chunk: Optional[int] = typer.Option(None, help="Prefill chunk: bytes per prefill call, 1-256 "
-                                               "(default: the architecture's, measured on x86: 32 or 64).")) -> None:
-    """Export ONNX step + prefill graphs into a validated deployment bundle for a target."""
+                                               "(default: the architecture's, measured on x86: 32 or 64)."),
+           native: bool = typer.Option(True, "--native/--no-native", help="Compile the C target where a C "
+                                       "compiler is present: a parity check, and for cpu the library.")) -> None:
+    """Export ONNX step + prefill graphs (and C) into a validated deployment bundle for a target."""
     from .export import export_bundle
 
-    m = export_bundle(model, target, precision, output, force=force, with_reference=with_reference, chunk=chunk)
+    m = export_bundle(model, target, precision, output, force=force, with_reference=with_reference, chunk=chunk,
+                      native=native)
     _say(f"wrote {output} for {m.target['name']} ({m.precision}); bundle {m.bundle_id[:12]}, "
          f"parity ok, max |dlogit| {m.validation['max_abs_logit_diff']:.2e}")
 
 
 @app.command()
 def build(bundle: Path) -> None:
-    """Build the TensorRT engines for a bundle on the machine that will run it."""
-    from .export.trt_build import build_engine
+    """Build a bundle's native C library (fp32/int8) and TensorRT engines (TensorRT targets) on the
+    machine that will run it."""
+    from .export.device_build import build_bundle
 
-    for art in build_engine(bundle):
-        _say(f"wrote {bundle / art.file}: {art.bytes:,} bytes ({art.graph} graph)")
+    for art in build_bundle(bundle):
+        what = "native library" if art.kind == "native-library" else f"{art.graph} engine"
+        _say(f"wrote {bundle / art.file}: {art.bytes:,} bytes ({what})")
 
 
 @app.command()

@@ -23,7 +23,7 @@ from ..errors import EdgelmError
 from ..fileio import atomic_dir, atomic_write_text, check_writable
 from ..runtime import manifest as fmt
 from ..runtime.bundle import load_bundle, sha256_file
-from ..runtime.manifest import GraphSpec, Manifest, StateTensor, TensorSpec, graph_io, state_io
+from ..runtime.manifest import Artifact, GraphSpec, Manifest, StateTensor, TensorSpec, graph_io, state_io
 from .onnx_export import OPSET
 from .trt_ops import check_tensorrt_compat, target_opset
 
@@ -152,8 +152,44 @@ def _quantization(quant: dict | None) -> dict:
             **{k: summary[k] for k in ("bpb_fp32", "bpb_quant", "delta_bpb") if k in summary}}
 
 
+def _native(tmp: Path, manifest: Manifest, profile, native: bool) -> tuple[list[str], dict, Artifact | None]:
+    """The native C target: model.h, model.c and build_native.sh; the compiled C's parity with the
+    ONNX graphs where a C compiler is present; and, where the target is this machine (its flags
+    say -march=native), the library itself as a device-built artifact.
+    Returns (files written, the manifest's validation["native"], the artifact or None)."""
+    from .native import build as nb
+    from .native import generate, unsupported
+    from .native.check import parity
+
+    reason = unsupported(manifest.precision)
+    if reason:
+        return [], {"status": f"none: {reason}"}, None
+    names = generate(tmp, manifest, step_loop=_step_loop(manifest.arch))
+    atomic_write_text(tmp / fmt.NATIVE_SCRIPT, nb.build_script(profile))
+    cc = nb.compiler()
+    if not native or cc is None:
+        why = "skipped (--no-native)" if not native else "not compiled: no C compiler on the exporting machine"
+        return [*names, fmt.NATIVE_SCRIPT], {"status": why}, None
+    host = "-march=native" in profile.native_cflags  # the target is this machine: keep the library
+    flags = nb.cflags(profile) if host else []
+    version = nb.compile_library(tmp, tmp / fmt.NATIVE_LIBRARY, flags, cc)
+    result = {"status": "ok", "compiler": version, **parity(tmp, tmp / fmt.NATIVE_LIBRARY, manifest)}
+    data = (tmp / fmt.NATIVE_LIBRARY).read_bytes()
+    if not host:
+        (tmp / fmt.NATIVE_LIBRARY).unlink()
+        return [*names, fmt.NATIVE_SCRIPT], {**result, "checked_with": "this machine's build (no -march)"}, None
+    return [*names, fmt.NATIVE_SCRIPT], result, nb.library_artifact("", data, version, flags)
+
+
+def _step_loop(arch: str) -> bool:
+    """Whether the C target runs a prefill chunk as a loop of its step (see NATIVE_CHUNK_GRAPH)."""
+    from .fused import fused_form
+
+    return not fused_form(arch).NATIVE_CHUNK_GRAPH
+
+
 def _write_bundle(tmp: Path, model: ByteLM, profile, precision: Precision, chunk: int, est: dict,
-                  with_reference: bool, quant: dict | None = None) -> Manifest:
+                  with_reference: bool, quant: dict | None = None, native: bool = True) -> Manifest:
     opset = target_opset(profile, OPSET if precision.name != "int4" else INT4_EXPORT_OPSET)
     graphs, validation = _graphs(tmp, model, profile, precision, chunk, opset, quant)
     opset = max(opset, *(_graph_opset(tmp / g.file) for g in graphs.values()))
@@ -167,22 +203,32 @@ def _write_bundle(tmp: Path, model: ByteLM, profile, precision: Precision, chunk
         target=profile.to_dict(), state=_state(model), graphs=graphs, files={}, validation=validation,
         memory=est, edgelm_version=__version__, quantization=_quantization(quant))
     atomic_write_text(tmp / fmt.BUILD_SCRIPT, _build_script(manifest, profile))
-    names = [fmt.STEP_GRAPH, fmt.PREFILL_GRAPH, fmt.WEIGHTS, fmt.BUILD_SCRIPT]
+    c_files, c_check, library = _native(tmp, manifest, profile, native)
+    names = [fmt.STEP_GRAPH, fmt.PREFILL_GRAPH, fmt.WEIGHTS, fmt.BUILD_SCRIPT, *c_files]
     names += [fmt.REFERENCE] if with_reference else []
-    manifest = fmt.write(tmp, dataclasses.replace(manifest, files={f: sha256_file(tmp / f) for f in names}))
+    manifest = dataclasses.replace(manifest, validation={**validation, "native": c_check},
+                                   files={f: sha256_file(tmp / f) for f in names})
+    manifest = fmt.write(tmp, manifest)
+    if library is not None:  # built here for here: recorded like an engine built on the device
+        from .native.build import record_timing
+
+        manifest = fmt.write(tmp, manifest.with_built([dataclasses.replace(library, bundle_id=manifest.bundle_id)]))
+        manifest = manifest.with_built([record_timing(tmp)])
     os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be copied and shared
-    for f in (*manifest.files, fmt.MANIFEST):
-        os.chmod(tmp / f, 0o755 if f == fmt.BUILD_SCRIPT else 0o644)
+    for f in (*manifest.files, *manifest.built, fmt.MANIFEST):
+        os.chmod(tmp / f, 0o755 if f in (fmt.BUILD_SCRIPT, fmt.NATIVE_SCRIPT, fmt.NATIVE_LIBRARY) else 0o644)
     return manifest
 
 
 def export_bundle(model_path: str | Path, target: str = "cpu", precision: str | None = None,
                   out_dir: str | Path = "bundle", force: bool = False, chunk: int | None = None,
-                  with_reference: bool = False) -> Manifest:
+                  with_reference: bool = False, native: bool = True) -> Manifest:
     """Export a checkpoint into a verified bundle directory for a target; returns its manifest.
 
     chunk: bytes per prefill call (default: the architecture's fused form's PREFILL_CHUNK).
     with_reference also stores the fp32 checkpoint (model.pt) for the torch reference backend.
+    native: compile the C target where a compiler is present (a check, and for `cpu` the library);
+    False still writes the C sources.
     """
     out = Path(out_dir)
     profile = get_profile(target)
@@ -202,7 +248,7 @@ def export_bundle(model_path: str | Path, target: str = "cpu", precision: str | 
     est = memory_estimate(model, prec, profile.default_max_streams, chunk)
     check_memory(est, profile, profile.default_max_streams)
     with atomic_dir(out) as tmp:
-        _write_bundle(tmp, model, profile, prec, chunk, est, with_reference, quant)
+        _write_bundle(tmp, model, profile, prec, chunk, est, with_reference, quant, native)
     return load_bundle(out).manifest
 
 

@@ -90,6 +90,11 @@ class Bundle:
         built = self.manifest.built.get(fmt.ENGINES[graph])
         return built if built is not None and (self.path / built.file).is_file() else None
 
+    def native_library(self) -> Artifact | None:
+        """The native C library built on the device from this bundle's model.c, if there is one."""
+        built = self.manifest.built.get(fmt.NATIVE_LIBRARY)
+        return built if built is not None and (self.path / built.file).is_file() else None
+
     def read_artifact(self, art: Artifact) -> bytes:
         if art.bundle_id != self.bundle_id:
             raise EdgelmError(f"{art.file} was built from another bundle ({art.bundle_id[:12]}...); "

@@ -36,6 +36,11 @@ SIGNATURE = "signature.ed25519"  # optional, detached: the one file outside `fil
 TIMING_CACHE = "timing.cache"  # TensorRT's builder cache (read only by `edgelm build`)
 GRAPHS = ("step", "prefill")
 ENGINES = {"step": "engine.plan", "prefill": "engine.prefill.plan"}  # built on the device
+NATIVE_SOURCES = ("model.h", "model.c")  # the native C target (fp32 / int8 bundles), written by export
+NATIVE_SCRIPT = "build_native.sh"  # cc only: builds the library where edgelm's Python cannot run
+NATIVE_LIBRARY = "model.so"  # built from them on the device (edgelm build), both graphs in one library
+BUILT = (*ENGINES.values(), NATIVE_LIBRARY)
+ARTIFACT_KINDS = ("tensorrt-engine", "native-library")
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_STREAMS = 1 << 16
@@ -123,8 +128,8 @@ class Artifact:
     file: str
     sha256: str
     bytes: int
-    kind: str  # "tensorrt-engine"
-    graph: str  # the graph it was built from: "step" | "prefill"
+    kind: str  # "tensorrt-engine" | "native-library"
+    graph: str  # the graph it was built from: "step" | "prefill" (a native library: "step", and holds both)
     bundle_id: str  # the bundle it was built from: an artifact of another bundle is refused
     info: dict = field(default_factory=dict)  # e.g. tensorrt_version, device_memory_bytes, built_on
 
@@ -293,7 +298,7 @@ def _state(f: "Fields") -> StateTensor:
 
 def _files(f: "Fields") -> dict[str, str]:
     files = f.dict("files")
-    reserved = (MANIFEST, SIGNATURE, *ENGINES.values())
+    reserved = (MANIFEST, SIGNATURE, *BUILT)
     for name, digest in files.items():
         if not is_safe_name(name) or name in reserved:
             raise f.error("files", f"lists {name[:80]!r}, which is not a plain file name inside the bundle")
@@ -338,9 +343,12 @@ def _io(f: "Fields", key: str) -> tuple[TensorSpec, ...]:
 
 def _artifact(f: "Fields", name: str, m: Manifest) -> Artifact:
     f.only(("file", "sha256", "bytes", "kind", "graph", "bundle_id", "info"))
-    if name not in ENGINES.values() or f.str("file") != name:
+    if name not in BUILT or f.str("file") != name:
         raise f.error("file", f"{name[:80]!r} is not a file edgelm builds on the device")
-    return Artifact(name, f.match("sha256", _HEX64), f.int("bytes", 1, 1 << 40), f.choice("kind", ("tensorrt-engine",)),
+    kind = f.choice("kind", ARTIFACT_KINDS)
+    if (kind == "native-library") != (name == NATIVE_LIBRARY):
+        raise f.error("kind", f"{kind} does not match {name}")
+    return Artifact(name, f.match("sha256", _HEX64), f.int("bytes", 1, 1 << 40), kind,
                     f.choice("graph", GRAPHS), f.match("bundle_id", _HEX64), f.dict("info"))
 
 

@@ -55,14 +55,19 @@ def test_manifest_follows_the_format(made):
     m = json.loads((made / "manifest.json").read_text())
     assert m["format"] == "edgelm-bundle" and m["format_version"] == 2
     assert m["graphs"]["prefill"]["chunk"] == 32 and m["opset"] == 17 and m["vocab"] == 256
-    assert set(m["files"]) == {"step.onnx", "prefill.onnx", "weights.bin", "build_engine.sh", "model.pt"}
-    assert set(os.listdir(made)) == set(m["files"]) | {"manifest.json"}
+    assert set(m["files"]) == {"step.onnx", "prefill.onnx", "weights.bin", "build_engine.sh", "model.pt",
+                               "model.h", "model.c", "build_native.sh"}
+    assert set(m["built"]) == {"model.so"}  # built at export: the target is this machine
+    assert set(os.listdir(made)) == set(m["files"]) | set(m["built"]) | {"manifest.json"}
     for name, digest in m["files"].items():
         assert hashlib.sha256((made / name).read_bytes()).hexdigest() == digest
     # bundle_id: sha256 of the canonical manifest (all but bundle_id and built), computed here
     body = {k: v for k, v in m.items() if k not in ("bundle_id", "built")}
     canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    assert m["bundle_id"] == hashlib.sha256(canon).hexdigest() and m["built"] == {}
+    assert m["bundle_id"] == hashlib.sha256(canon).hexdigest()
+    lib = m["built"]["model.so"]  # device-built: outside the id, hashed itself, tied to this bundle
+    assert lib["bundle_id"] == m["bundle_id"] and lib["kind"] == "native-library"
+    assert hashlib.sha256((made / "model.so").read_bytes()).hexdigest() == lib["sha256"]
     assert m["graphs"]["step"]["data"] == m["graphs"]["prefill"]["data"] == ["weights.bin"]
     assert [s["name"] for s in m["state"]] == ["0.h", "0.c", "1.h", "1.c"]
     assert m["max_streams"] == m["target"]["default_max_streams"]

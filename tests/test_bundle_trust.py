@@ -82,6 +82,9 @@ def test_snapshot_does_not_restore_into_a_resealed_copy(b, ran, tmp_path):
 
 
 def test_every_byte_of_the_manifest_is_covered(b):
+    # `built` (libraries and engines built on the device) is outside bundle_id by design: each
+    # artifact is checked against its own record when it is used (test_a_tampered_..._is_refused)
+    edit_manifest(b, lambda m: m["built"].clear())
     data = (b / "manifest.json").read_bytes()
     for i in range(len(data)):
         (b / "manifest.json").write_bytes(data[:i] + bytes([data[i] ^ 1]) + data[i + 1:])
@@ -164,8 +167,9 @@ def test_only_listed_files_are_opened(b):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     opened = set(res.stdout.split())
-    listed = set(json.loads((b / "manifest.json").read_text())["files"])
-    assert "manifest.json" in opened and opened <= listed | {"manifest.json"}, opened
+    m = json.loads((b / "manifest.json").read_text())
+    listed, built = set(m["files"]), set(m["built"])  # built: the native library, hash-checked
+    assert "manifest.json" in opened and opened <= listed | built | {"manifest.json"}, opened
 
 
 # -- malformed manifests: one line, naming the field ---------------------------------------
@@ -262,7 +266,7 @@ def test_building_on_the_device_keeps_the_id_and_snapshots(b):
         before, blob = sess.bundle.bundle_id, sess.stream(GREEDY, prompt=b"abc").snapshot()
     _build(b)
     bundle = load_bundle(b)
-    assert bundle.bundle_id == before and set(bundle.manifest.built) == set(fmt.ENGINES.values())
+    assert bundle.bundle_id == before and set(bundle.manifest.built) == {*fmt.ENGINES.values(), fmt.NATIVE_LIBRARY}
     assert bundle.read_artifact(bundle.artifact("step")) == b"PLAN"
     with Session.open(b, backend="onnxruntime") as sess:
         sess.restore(blob)

@@ -168,10 +168,25 @@ def test_keygen_into_an_unwritable_place_is_one_line(capsys):
     assert one_line_error(code, err, "cannot write"), err
 
 
-@pytest.mark.parametrize("command, name", [("sign", "signature.ed25519"), ("build", "engine.plan"),
-                                           ("build", "engine.prefill.plan"), ("build", "timing.cache")])
-def test_sign_and_build_refuse_a_directory_where_they_write_a_file(bundle_dir, capsys, tmp_path, command, name):
-    b = copy_bundle(bundle_dir("lstm"), tmp_path / "b")
+@pytest.fixture(scope="module")
+def jetson_bundle(tmp_path_factory):
+    """An fp16 Jetson bundle: `edgelm build` builds TensorRT engines for it (and no C: fp16)."""
+    from edgelm.export import export_bundle
+
+    out = tmp_path_factory.mktemp("jetson") / "b"
+    export_bundle(ROOT / "models" / "lstm-tiny.pt", "jetson-orin-nano-8gb", None, out)
+    return out
+
+
+@pytest.mark.parametrize("command, name", [("sign", "signature.ed25519"), ("build", "model.so"),
+                                           ("build-jetson", "engine.plan"), ("build-jetson", "engine.prefill.plan"),
+                                           ("build-jetson", "timing.cache")])
+def test_sign_and_build_refuse_a_directory_where_they_write_a_file(bundle_dir, jetson_bundle, capsys, tmp_path,
+                                                                    command, name):
+    src = jetson_bundle if command == "build-jetson" else bundle_dir("lstm")
+    command = command.split("-")[0]
+    b = copy_bundle(src, tmp_path / "b")
+    (b / name).unlink(missing_ok=True)  # the library built at export
     (b / name).mkdir()
     args = ["--key", tmp_path / "key"] if command == "sign" else []
     if command == "sign":

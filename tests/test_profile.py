@@ -32,7 +32,8 @@ def test_a_profile_report_is_consistent_with_the_bundle(bundle_dir, tmp_path, ca
     assert r["ttfb_ms"] > 0 and r["prefill_bytes_per_s"] > 0 and r["rss_peak_mb"] >= r["rss_start_mb"] > 0
     assert r["state_bytes_per_stream"] == load_bundle(bundle).state_bytes_per_stream()
     assert r["bundle_bytes"] == sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
-    assert r["device"] and "onnxruntime" in r["backend"] and r["estimate"]["device"] == r["device"]
+    # auto: the native library built at export, where it timed faster than onnxruntime
+    assert r["device"] and r["backend"].startswith(("native C", "onnxruntime")) and r["estimate"]["device"] == r["device"]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{lat['p50']:,.1f}" in out and "estimate" in out
 

@@ -18,7 +18,7 @@ from edgelm.runtime.snapshot import MAGIC, SNAPSHOT_VERSION
 
 
 def test_sizes_are_what_the_docs_say(bundle_dir):
-    with Session.open(bundle_dir("gru"), max_streams=3) as sess:
+    with Session.open(bundle_dir("gru"), max_streams=3, backend="onnxruntime") as sess:
         state = sum(int(np.prod(s.shape)) for s in sess.bundle.state) * 4
         chunk = sess.bundle.prefill_chunk
         assert sess.state_bytes_per_stream == state
@@ -26,6 +26,26 @@ def test_sizes_are_what_the_docs_say(bundle_dir):
         backend = 2 * 3 * state + 3 * 8 + 3 * chunk * 8 + 3 * 256 * 4  # ping-pong state, ids, ids, logits
         assert sess.buffer_bytes == pool + backend
         assert sess.describe().startswith("onnxruntime ") and sess.describe().endswith("(CPUExecutionProvider)")
+
+
+def test_native_sizes_add_only_its_scratch(bundle_dir):
+    """The native backend holds the same buffers plus its scratch: model.h's per-stream figure
+    times the largest batch run so far (64 bytes for alignment), nothing else."""
+    import re
+
+    bundle = bundle_dir("gru")
+    per_stream = int(re.search(r"EDGELM_SCRATCH_PER_STREAM (\d+)u", (bundle / "model.h").read_text()).group(1))
+    with Session.open(bundle, max_streams=3, backend="native") as sess:
+        state = sum(int(np.prod(s.shape)) for s in sess.bundle.state) * 4
+        chunk = sess.bundle.prefill_chunk
+        base = 3 * state + 3 * 256 * 4 + 2 * 3 * state + 3 * 8 + 3 * chunk * 8 + 3 * 256 * 4
+        sched = sess.scheduler()
+        for _ in range(3):
+            sched.add(sess.stream(GREEDY, b"ab"), 2)
+        while sched.step():
+            pass
+        assert sess.buffer_bytes == base + 3 * per_stream + 64
+        assert sess.describe().startswith("native C")
 
 
 def test_bytes_fed_count_prompt_prefill_and_generation(bundle_dir):

@@ -143,6 +143,12 @@ class FusedLM(Frozen):
     # faster there). bench/results/prefill_chunk.json; no GPU or Jetson was measured (they get the
     # same), and `edgelm export --chunk` overrides it.
     PREFILL_CHUNK: ClassVar[int] = 32
+    # Whether the native C target compiles the prefill graph (True) or runs the chunk as a loop of
+    # its step (False: the default, and what an unrolled prefill graph is anyway). Compiled C has
+    # no per-node cost, so the chunk path pays only where it reads each weight once per chunk and
+    # its scan stays small: minGRU 123k vs 67k bytes/s, RG-LRU 111k vs 61k; Mamba's (C, N, Di)
+    # decay tensors make it slower there, 27k vs 33k (x86, tiny models, batch 1; export/native).
+    NATIVE_CHUNK_GRAPH: ClassVar[bool] = False
 
     def forward(self, byte_ids: torch.Tensor, *state: torch.Tensor):
         """One byte: byte_ids (B,) int64, states fp32 -> logits (B, 256) fp32, states fp32."""

@@ -10,8 +10,8 @@ import importlib
 
 from ...errors import EdgelmError
 
-BACKENDS = {"onnxruntime": "ort", "tensorrt": "trt", "torch": "torch_ref"}
-ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+BACKENDS = {"onnxruntime": "ort", "tensorrt": "trt", "native": "native", "torch": "torch_ref"}
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "c": "native"}
 
 
 def backend_module(name: str):
@@ -22,14 +22,26 @@ def backend_module(name: str):
 
 
 def open_backend(name: str, bundle, device: str | None, max_streams: int):
-    """Instantiate backend `name` ('auto' picks tensorrt if an engine is usable, else onnxruntime)."""
+    """Instantiate backend `name`. 'auto' picks tensorrt if an engine is usable, else native if
+    its library was built for this CPU and measured faster than onnxruntime when it was built,
+    else onnxruntime."""
     if name == "auto":
-        name = "tensorrt" if _trt_usable(bundle, device) else "onnxruntime"
+        name = ("tensorrt" if _trt_usable(bundle, device) else
+                "native" if _native_preferred(bundle, device) else "onnxruntime")
     mod = backend_module(name)
     reason = mod.available()
     if reason:
         raise EdgelmError(reason)
     return mod.BACKEND(bundle, device, max_streams)
+
+
+def _native_preferred(bundle, device: str | None) -> bool:
+    art = bundle.native_library() if device in (None, "cpu") else None
+    if art is None or art.bundle_id != bundle.bundle_id:  # none, or stale: built from another bundle
+        return False
+    timing = art.info.get("timing", {})
+    faster = timing.get("native_us", float("inf")) < timing.get("onnxruntime_us", 0.0)
+    return faster and importlib.import_module(f"{__name__}.native").usable(art) is None
 
 
 def _trt_usable(bundle, device: str | None) -> bool:

@@ -1,0 +1,52 @@
+"""The native C target: a bundle's step and prefill graphs as dependency-free C99.
+
+    plan.py     graph -> buffer plan (shapes probed in ONNX Runtime, weights at their
+                weights.bin offsets, scratch reused by liveness, in-place state)
+    ops.py      one C emitter per ONNX op
+    kernels.h   the matmul / exp / quantize kernels pasted into model.c
+    emit.py     model.h (the ABI, declared once) and model.c
+    build.py    the host's C compiler -> the bundle's shared library; build_native.sh
+
+The C is generated from the ONNX graphs that the fused forms export, so it computes what the
+validated graphs compute, reading the same weights file. fp32 and int8 (w8, w8a8) bundles;
+fp16 and int4 bundles have no C target (the native kernels have no half or int4 math).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import EdgelmError
+
+NATIVE_PRECISIONS = ("fp32", "int8")
+SOURCES = ("model.h", "model.c")
+
+
+def unsupported(precision: str) -> str | None:
+    """Why a bundle of `precision` has no C target, or None."""
+    if precision in NATIVE_PRECISIONS:
+        return None
+    return f"the native C target runs fp32 and int8 bundles, not {precision}"
+
+
+def generate(directory: Path, manifest, step_loop: bool = False) -> list[str]:
+    """Write model.h and model.c for the bundle in `directory` (its graphs and weights.bin).
+    step_loop: C runs a chunk as a loop of the step instead of compiling the prefill graph: the
+    same arithmetic where that graph is the step unrolled (LSTM, GRU), and where the chunk path is
+    slower in C (the fused form's NATIVE_CHUNK_GRAPH says which, as measured)."""
+    import onnx
+
+    from ...runtime import manifest as fmt
+    from .emit import write_sources
+    from .plan import build_plan
+
+    reason = unsupported(manifest.precision)
+    if reason:
+        raise EdgelmError(reason)
+    state = [(s.input, s.output) for s in manifest.state]
+    weights = directory / fmt.WEIGHTS
+    plans = {}
+    for g in fmt.GRAPHS[:1] if step_loop else fmt.GRAPHS:
+        model = onnx.load(str(directory / manifest.graphs[g].file), load_external_data=False)
+        plans[g] = build_plan(model, weights, g, state)
+    return write_sources(directory, manifest, plans, weights.read_bytes())

@@ -1,0 +1,227 @@
+/* edgelm native kernels: pasted into every generated model.c (C99 + libm, no allocation).
+ *
+ * Matmuls take the weight as the bundle stores it, (K, N) row-major, and accumulate whole
+ * rows of N outputs at a time, so the compiler vectorises the inner loops over N. Rows of x
+ * are taken 4 at a time where there are 4 (many streams, prefill chunks): each weight row is
+ * then read once for 4 rows of output.
+ * el_exp is a branch-free exp (Cephes' polynomial, ~1 ulp) that vectorises inside loops;
+ * libm's expf does not without -ffast-math, and the SSM decay runs it 3k times a step.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifndef EL_NB
+#if defined(__AVX512F__)
+#define EL_NB 32 /* columns per register tile: 4 rows x 32 = 8 zmm accumulators */
+#else
+#define EL_NB 16 /* 4 rows x 16 = 8 ymm (AVX2) or 16 q (NEON) accumulators */
+#endif
+#endif
+#define EL_NB1 64 /* one row: 64 columns of accumulators */
+#if defined(__GNUC__)
+#define EL_NOINLINE __attribute__((noinline)) /* keeps each generated part a function of its own */
+#else
+#define EL_NOINLINE
+#endif
+
+static inline float el_exp(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } two_n;
+    two_n.i = ((int32_t)n + 127) << 23;
+    return p * two_n.f;
+}
+
+static inline float el_sigmoid(float x) { return 1.0f / (1.0f + el_exp(-x)); }
+static inline float el_tanh(float x) { return 2.0f / (1.0f + el_exp(-2.0f * x)) - 1.0f; }
+
+/* round half to even (ONNX QuantizeLinear), saturated to int8 */
+static inline int8_t el_q8(float v) {
+    v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+    return (int8_t)(int32_t)((v + 12582912.0f) - 12582912.0f);
+}
+
+static inline float el_sum(const float *a, int n) {
+    float acc[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int u = 0; u < 16; u++) acc[u] += a[j + u];
+    float s = 0.0f;
+    for (int u = 0; u < 16; u++) s += acc[u];
+    for (; j < n; j++) s += a[j];
+    return s;
+}
+
+static EL_NOINLINE void el_gather(void *o, const void *table, const int64_t *ids, size_t n, int64_t rows, size_t row_bytes) {
+    for (size_t i = 0; i < n; i++) {
+        int64_t r = ids[i] < 0 ? ids[i] + rows : ids[i];
+        r = (r < 0 || r >= rows) ? 0 : r; /* never read outside the table */
+        memcpy((char *)o + i * row_bytes, (const char *)table + (size_t)r * row_bytes, row_bytes);
+    }
+}
+
+/* The bias of a matmul: none, one row shared by every output row, or one row per output row. */
+#define EL_BIAS(c, c_rows, m, N) ((c) ? (c) + ((c_rows) ? (size_t)(m) * (N) : 0) : NULL)
+
+/* y (M, N) = x (M, K) @ w (K, N) + c, rows ldy / ldx / ldw apart (a column or row slice of a
+ * larger matrix: the generator skips a weight's all-zero blocks). c: none, one row (c_rows 0) or
+ * a row per output row (c_rows 1, ldy apart). w is float, or int8 with a per-column scale (ws, ws_n = N)
+ * or one scale (ws_n = 1); x int8 with one scale xs for w8a8.
+ * EL_MM(NAME, x type, w type, one-row accumulator, 4-row accumulator, finish) writes the 1-row and
+ * 4-row tile functions and NAME itself. w8a8 accumulates one row in int32 (integer multiplies
+ * beat int8 -> float conversion per weight: lstm-tiny 12.3 vs 18.9 us a step) and 4 rows in
+ * float (one conversion per weight serves 4 rows: 64 streams ~2x faster); both exact while
+ * |sum| < 2^24, which int8 x int8 products reach only past K = 1032. */
+#define EL_MM(NAME, XT, WT, ACC, ACC4, FIN)                                                          \
+    static void NAME##_1(float *restrict y, const XT *restrict x, const WT *restrict w,             \
+                         const float *restrict ws, size_t ws_n, float xs, const float *restrict c,   \
+                         int K, int N, int ldw) {                                                    \
+        int n0 = 0;                                                                                  \
+        for (; n0 < N; n0 += EL_NB1) {                                                               \
+            const int nb = N - n0 < EL_NB1 ? N - n0 : EL_NB1;                                        \
+            ACC acc[EL_NB1] = {0};                                                                   \
+            if (nb == EL_NB1) {                                                                      \
+                for (int k = 0; k < K; k++) {                                                        \
+                    const ACC xk = (ACC)x[k];                                                        \
+                    const WT *wk = w + (size_t)k * ldw + n0;                                         \
+                    for (int j = 0; j < EL_NB1; j++) acc[j] += xk * (ACC)wk[j];                      \
+                }                                                                                    \
+            } else {                                                                                 \
+                for (int k = 0; k < K; k++) {                                                        \
+                    const ACC xk = (ACC)x[k];                                                        \
+                    const WT *wk = w + (size_t)k * ldw + n0;                                         \
+                    for (int j = 0; j < nb; j++) acc[j] += xk * (ACC)wk[j];                          \
+                }                                                                                    \
+            }                                                                                        \
+            for (int j = 0; j < nb; j++) {                                                           \
+                const int n = n0 + j;                                                                \
+                y[n] = FIN(acc[j]) + (c ? c[n] : 0.0f);                                              \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+    static void NAME##_4(float *restrict y, const XT *restrict x, const WT *restrict w,             \
+                         const float *restrict ws, size_t ws_n, float xs, const float *restrict c,   \
+                         int c_rows, int K, int N, int ldx, int ldw, int ldy) {                      \
+        for (int n0 = 0; n0 < N; n0 += EL_NB) {                                                      \
+            const int nb = N - n0 < EL_NB ? N - n0 : EL_NB;                                          \
+            ACC4 acc[4][EL_NB] = {{0}};                                                              \
+            for (int k = 0; k < K; k++) {                                                            \
+                const WT *wk = w + (size_t)k * ldw + n0;                                             \
+                const ACC4 x0 = (ACC4)x[k], x1 = (ACC4)x[ldx + k];                                   \
+                const ACC4 x2 = (ACC4)x[2 * ldx + k], x3 = (ACC4)x[3 * ldx + k];                     \
+                if (nb == EL_NB) {                                                                   \
+                    for (int j = 0; j < EL_NB; j++) {                                                \
+                        const ACC4 wj = (ACC4)wk[j];                                                 \
+                        acc[0][j] += x0 * wj; acc[1][j] += x1 * wj;                                  \
+                        acc[2][j] += x2 * wj; acc[3][j] += x3 * wj;                                  \
+                    }                                                                                \
+                } else {                                                                             \
+                    for (int j = 0; j < nb; j++) {                                                   \
+                        const ACC4 wj = (ACC4)wk[j];                                                 \
+                        acc[0][j] += x0 * wj; acc[1][j] += x1 * wj;                                  \
+                        acc[2][j] += x2 * wj; acc[3][j] += x3 * wj;                                  \
+                    }                                                                                \
+                }                                                                                    \
+            }                                                                                        \
+            for (int r = 0; r < 4; r++) {                                                            \
+                const float *cr = EL_BIAS(c, c_rows, r, ldy);                                        \
+                for (int j = 0; j < nb; j++) {                                                       \
+                    const int n = n0 + j;                                                            \
+                    y[(size_t)r * ldy + n] = FIN(acc[r][j]) + (cr ? cr[n] : 0.0f);                   \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+    static EL_NOINLINE void NAME(float *y, int ldy, const XT *x, int ldx, const WT *w, int ldw,      \
+                                 const float *ws, size_t ws_n, float xs, const float *c, int c_rows,  \
+                                 size_t M, int K, int N) {                                            \
+        size_t m = 0;                                                                                \
+        for (; m + 4 <= M; m += 4)                                                                   \
+            NAME##_4(y + m * ldy, x + m * ldx, w, ws, ws_n, xs, EL_BIAS(c, c_rows, m, ldy), c_rows,  \
+                     K, N, ldx, ldw, ldy);                                                           \
+        for (; m < M; m++)                                                                           \
+            NAME##_1(y + m * ldy, x + m * ldx, w, ws, ws_n, xs, EL_BIAS(c, c_rows, m, ldy), K, N,    \
+                     ldw);                                                                           \
+    }
+
+#define EL_FIN_F(a) (a)
+#define EL_FIN_W8(a) ((a) * ws[ws_n > 1 ? (size_t)n : 0])
+#define EL_FIN_A8(a) ((float)(a) * xs * ws[ws_n > 1 ? (size_t)n : 0])
+
+EL_MM(el_mm_f32, float, float, float, float, EL_FIN_F)
+EL_MM(el_mm_w8, float, int8_t, float, float, EL_FIN_W8)
+EL_MM(el_mm_a8w8_generic, int8_t, int8_t, int32_t, float, EL_FIN_A8)
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+/* One row of w8a8 with AVX-512 VNNI: vpdpbusd sums 4 products of u8 x s8 per int32 lane. Four
+ * weight rows (k..k+3) x 64 columns are interleaved into quads in registers (8 unpacks per 256
+ * products), x is shifted to u8 (x + 128) and the shift taken back with each column's weight sum
+ * (a second vpdpbusd against ones). The result is the same integers as the generic kernel.
+ * Quad q of 128-bit lane L holds columns 16L + 4q .. 16L + 4q + 3. */
+static void el_a8w8_vnni_row(float *restrict y, const int8_t *restrict x, const int8_t *restrict w,
+                             const float *restrict ws, size_t ws_n, float xs, const float *restrict c,
+                             int K, int ldw, int n0) {
+    __m512i acc[4], sum[4];
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int q = 0; q < 4; q++) acc[q] = sum[q] = _mm512_setzero_si512();
+    for (int k = 0; k < K; k += 4) {
+        uint32_t xq;
+        uint8_t xu[4] = {(uint8_t)(x[k] + 128), (uint8_t)(x[k + 1] + 128), (uint8_t)(x[k + 2] + 128),
+                         (uint8_t)(x[k + 3] + 128)};
+        memcpy(&xq, xu, 4);
+        const __m512i xb = _mm512_set1_epi32((int32_t)xq);
+        const int8_t *wk = w + (size_t)k * ldw + n0;
+        const __m512i r0 = _mm512_loadu_si512(wk), r1 = _mm512_loadu_si512(wk + ldw);
+        const __m512i r2 = _mm512_loadu_si512(wk + 2 * (size_t)ldw), r3 = _mm512_loadu_si512(wk + 3 * (size_t)ldw);
+        const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
+        const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+        const __m512i quad[4] = {_mm512_unpacklo_epi16(t0, t2), _mm512_unpackhi_epi16(t0, t2),
+                                 _mm512_unpacklo_epi16(t1, t3), _mm512_unpackhi_epi16(t1, t3)};
+        for (int q = 0; q < 4; q++) {
+            acc[q] = _mm512_dpbusd_epi32(acc[q], xb, quad[q]);
+            sum[q] = _mm512_dpbusd_epi32(sum[q], ones, quad[q]);
+        }
+    }
+    for (int q = 0; q < 4; q++) {
+        int32_t a[16], s[16];
+        _mm512_storeu_si512(a, acc[q]);
+        _mm512_storeu_si512(s, sum[q]);
+        for (int j = 0; j < 16; j++) {
+            const int n = n0 + 16 * (j / 4) + 4 * q + j % 4;
+            y[n] = (float)(a[j] - 128 * s[j]) * xs * ws[ws_n > 1 ? (size_t)n : 0] + (c ? c[n] : 0.0f);
+        }
+    }
+}
+#endif
+
+static EL_NOINLINE void el_mm_a8w8(float *y, int ldy, const int8_t *x, int ldx, const int8_t *w, int ldw,
+                                   const float *ws, size_t ws_n, float xs, const float *c, int c_rows,
+                                   size_t M, int K, int N) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if (M == 1 && K % 4 == 0 && N >= 64) {  /* the one-stream step: 64-column blocks, then the rest */
+        int n0 = 0;
+        for (; n0 + 64 <= N; n0 += 64) el_a8w8_vnni_row(y, x, w, ws, ws_n, xs, c, K, ldw, n0);
+        if (n0 < N) {  /* the last columns: the generic kernel on a column slice */
+            for (int n = n0; n < N; n++) {
+                int32_t a = 0;
+                for (int k = 0; k < K; k++) a += (int32_t)x[k] * w[(size_t)k * ldw + n];
+                y[n] = (float)a * xs * ws[ws_n > 1 ? (size_t)n : 0] + (c ? c[n] : 0.0f);
+            }
+        }
+        return;
+    }
+#endif
+    el_mm_a8w8_generic(y, ldy, x, ldx, w, ldw, ws, ws_n, xs, c, c_rows, M, K, N);
+}
