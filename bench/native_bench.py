@@ -141,10 +141,11 @@ def markdown(res: dict) -> str:
 
 
 def _compiler() -> str:
-    from edgelm.export.native.build import compile_library  # noqa: F401 - the same cc
     import subprocess
 
-    return subprocess.run(["cc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    from edgelm.export.native.build import compiler
+
+    return subprocess.run([compiler() or "cc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 
 
 def main(argv=None) -> None:

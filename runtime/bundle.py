@@ -31,6 +31,7 @@ _BLOCK = 1 << 20
 class Bundle:
     path: Path  # the bundle directory, resolved
     manifest: Manifest
+    signed: bool = False  # opened with trusted keys and its signature verified
 
     @property
     def bundle_id(self) -> str:
@@ -120,7 +121,7 @@ def load_bundle(path: str | Path, trusted_keys=None) -> Bundle:
 
         signature = read_inside(root, fmt.SIGNATURE, 1024, what="signature", missing=_unsigned(root))
         verify_signature(signature, manifest.bundle_id, trusted_keys, root)
-    return Bundle(root, manifest)
+    return Bundle(root, manifest, trusted_keys is not None)
 
 
 def sign_bundle(path: str | Path, key: str | Path) -> Path:

@@ -17,6 +17,7 @@ from bundle_tools import cli, copy_bundle, edit_manifest, one_line_error
 from runtime_fixtures import ARCHS, bundle_dir  # noqa: F401
 
 from edgelm.errors import EdgelmError
+from edgelm.precision import QUANT_MEAN_ATOL
 from edgelm.runtime import GREEDY, Session
 from edgelm.runtime.backends import open_backend
 from edgelm.runtime.bundle import load_bundle
@@ -83,6 +84,19 @@ def test_auto_prefers_native_only_for_its_own_bundle_and_cpu(bundle_dir, tmp_pat
         Session.open(b, backend="native")
 
 
+def test_a_signed_bundle_loads_native_code_only_when_asked(bundle_dir, tmp_path, capsys):
+    """The library is built on the device, outside the signature: with trusted keys, auto stays on
+    onnxruntime; backend='native' is the explicit opt-in (its hash is still checked)."""
+    b = copy_bundle(bundle_dir("gru"), tmp_path / "b")
+    assert cli(capsys, "keygen", "-o", tmp_path / "key")[0] == 0
+    assert cli(capsys, "sign", b, "--key", tmp_path / "key")[0] == 0
+    keys = [tmp_path / "key.pub"]
+    with Session.open(b, trusted_keys=keys) as sess:
+        assert sess.describe().startswith("onnxruntime")
+    with Session.open(b, trusted_keys=keys, backend="native") as sess:
+        assert sess.describe().startswith("native C")
+
+
 def test_a_tampered_library_is_refused(bundle_dir, tmp_path):
     b = copy_bundle(bundle_dir("lstm"), tmp_path / "b")
     lib = (b / "model.so").read_bytes()
@@ -105,6 +119,39 @@ def test_no_library_and_no_compiler_are_one_line_errors(bundle_dir, tmp_path, ca
     code, out, err = cli(capsys, "build", b)
     assert code == 0 and "model.so" in out and "native library" in out, err
     assert Session.open(b, backend="native").describe().startswith("native C")
+
+
+@pytest.mark.parametrize("arch, recipe", [("lstm", "w8a8"), ("gru", "w8")])
+def test_int8_native_matches_its_quantized_graphs(tmp_path, arch, recipe):
+    """w8a8: int8 activations x int8 weights (integer dot products; VNNI where the CPU has it);
+    w8: float activations x int8 weights. Both against the bundle's own Q/DQ graphs."""
+    from quant_fixtures import calibration_bytes
+
+    from edgelm.checkpoint import save_model
+    from edgelm.export import export_bundle
+    from edgelm.export.quant.run import prepare, quantize_calibrated
+
+    calib = tmp_path / "calib.txt"
+    calib.write_bytes(calibration_bytes())
+    model, cal, texts, _ = prepare(ROOT / "models" / f"{arch}-tiny.pt", [calib], None)
+    entry, _, _ = quantize_calibrated(model, cal, texts, recipe, 64)
+    save_model(model, tmp_path / "q.pt", extra={"quant": entry})
+    m = export_bundle(tmp_path / "q.pt", "cpu", None, tmp_path / "b")
+    native = m.validation["native"]
+    # w8a8: the same integers on both sides. w8: ONNX Runtime's MatMulNBits quantizes the
+    # activations per block at run time (accuracy level 4) where C multiplies them in float
+    tol = 1e-3 if recipe == "w8a8" else QUANT_MEAN_ATOL
+    assert m.precision == "int8" and native["status"] == "ok" and native["mean_abs_logit_diff"] < tol
+    bundle = load_bundle(tmp_path / "b")
+    nat, ort = _both(bundle, 1)
+    ids = np.frombuffer(PROMPT, np.uint8).astype(np.int64)
+    sn = so = [np.zeros((1, *s.shape), np.float32) for s in bundle.state]
+    for i in ids:
+        (ln, sn), (lo, so) = _run(nat, np.array([i]), sn), _run(ort, np.array([i]), so)
+    assert np.abs(ln - lo).mean() < tol
+    if recipe == "w8a8":
+        with Session.open(tmp_path / "b", backend="native") as a, Session.open(tmp_path / "b", backend="onnxruntime") as b:
+            assert b"".join(a.stream(GREEDY, PROMPT).generate(100)) == b"".join(b.stream(GREEDY, PROMPT).generate(100))
 
 
 def test_an_fp16_bundle_carries_no_c_and_build_says_why(tmp_path, capsys):

@@ -119,3 +119,5 @@ def test_a_quantized_chunk_path_exports_and_validates(tmp_path, arch):
     save_model(model, tmp_path / "q.pt", extra={"quant": entry})
     m = export_bundle(tmp_path / "q.pt", "cpu", None, tmp_path / "bundle")
     assert m.precision == "int8" and m.validation["prefill_max_abs_diff"] <= m.validation["atol"]
+    native = m.validation["native"]  # the C of the same graphs, checked against them at export
+    assert native["status"] == "ok" and native["prefill_max_abs_diff"] <= native["atol"]

@@ -1,9 +1,9 @@
 /* edgelm native kernels: pasted into every generated model.c (C99 + libm, no allocation).
  *
- * Matmuls take the weight as the bundle stores it, (K, N) row-major, and accumulate whole
- * rows of N outputs at a time, so the compiler vectorises the inner loops over N. Rows of x
- * are taken 4 at a time where there are 4 (many streams, prefill chunks): each weight row is
- * then read once for 4 rows of output.
+ * Matmuls take the weight as the bundle stores it, (K, N) row-major, and accumulate runs of
+ * outputs along N, so the compiler vectorises the inner loops over N. Rows of x are taken 4 at
+ * a time where there are 4 (many streams, prefill chunks): each weight row is then read once
+ * for 4 rows of output.
  * el_exp is a branch-free exp (Cephes' polynomial, ~1 ulp) that vectorises inside loops;
  * libm's expf does not without -ffast-math, and the SSM decay runs it 3k times a step.
  */
@@ -19,7 +19,10 @@
 #define EL_NB 16 /* 4 rows x 16 = 8 ymm (AVX2) or 16 q (NEON) accumulators */
 #endif
 #endif
-#define EL_NB1 64 /* one row: 64 columns of accumulators */
+/* One row (a stream's step): 512-column panels, accumulators in L1, weight rows 4 at a time, so
+ * the weights stream row by row. Taking 64-column blocks over all K instead reads each row in
+ * short strided pieces: 1.3-1.7x slower once the weights leave the caches (x86, measured). */
+#define EL_P1 512
 #if defined(__GNUC__)
 #define EL_NOINLINE __attribute__((noinline)) /* keeps each generated part a function of its own */
 #else
@@ -87,22 +90,22 @@ static EL_NOINLINE void el_gather(void *o, const void *table, const int64_t *ids
     static void NAME##_1(float *restrict y, const XT *restrict x, const WT *restrict w,             \
                          const float *restrict ws, size_t ws_n, float xs, const float *restrict c,   \
                          int K, int N, int ldw) {                                                    \
-        int n0 = 0;                                                                                  \
-        for (; n0 < N; n0 += EL_NB1) {                                                               \
-            const int nb = N - n0 < EL_NB1 ? N - n0 : EL_NB1;                                        \
-            ACC acc[EL_NB1] = {0};                                                                   \
-            if (nb == EL_NB1) {                                                                      \
-                for (int k = 0; k < K; k++) {                                                        \
-                    const ACC xk = (ACC)x[k];                                                        \
-                    const WT *wk = w + (size_t)k * ldw + n0;                                         \
-                    for (int j = 0; j < EL_NB1; j++) acc[j] += xk * (ACC)wk[j];                      \
-                }                                                                                    \
-            } else {                                                                                 \
-                for (int k = 0; k < K; k++) {                                                        \
-                    const ACC xk = (ACC)x[k];                                                        \
-                    const WT *wk = w + (size_t)k * ldw + n0;                                         \
-                    for (int j = 0; j < nb; j++) acc[j] += xk * (ACC)wk[j];                          \
-                }                                                                                    \
+        for (int n0 = 0; n0 < N; n0 += EL_P1) {                                                      \
+            const int nb = N - n0 < EL_P1 ? N - n0 : EL_P1;                                          \
+            ACC acc[EL_P1];                                                                          \
+            for (int j = 0; j < nb; j++) acc[j] = 0;                                                 \
+            int k = 0;                                                                               \
+            for (; k + 4 <= K; k += 4) {                                                             \
+                const ACC x0 = (ACC)x[k], x1 = (ACC)x[k + 1], x2 = (ACC)x[k + 2], x3 = (ACC)x[k + 3]; \
+                const WT *w0 = w + (size_t)k * ldw + n0, *w1 = w0 + ldw, *w2 = w1 + ldw;             \
+                const WT *w3 = w2 + ldw;                                                             \
+                for (int j = 0; j < nb; j++)                                                         \
+                    acc[j] += x0 * (ACC)w0[j] + x1 * (ACC)w1[j] + x2 * (ACC)w2[j] + x3 * (ACC)w3[j]; \
+            }                                                                                        \
+            for (; k < K; k++) {                                                                     \
+                const ACC xk = (ACC)x[k];                                                            \
+                const WT *wk = w + (size_t)k * ldw + n0;                                             \
+                for (int j = 0; j < nb; j++) acc[j] += xk * (ACC)wk[j];                              \
             }                                                                                        \
             for (int j = 0; j < nb; j++) {                                                           \
                 const int n = n0 + j;                                                                \
@@ -165,61 +168,68 @@ EL_MM(el_mm_a8w8_generic, int8_t, int8_t, int32_t, float, EL_FIN_A8)
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include <immintrin.h>
-/* One row of w8a8 with AVX-512 VNNI: vpdpbusd sums 4 products of u8 x s8 per int32 lane. Four
- * weight rows (k..k+3) x 64 columns are interleaved into quads in registers (8 unpacks per 256
- * products), x is shifted to u8 (x + 128) and the shift taken back with each column's weight sum
- * (a second vpdpbusd against ones). The result is the same integers as the generic kernel.
- * Quad q of 128-bit lane L holds columns 16L + 4q .. 16L + 4q + 3. */
-static void el_a8w8_vnni_row(float *restrict y, const int8_t *restrict x, const int8_t *restrict w,
-                             const float *restrict ws, size_t ws_n, float xs, const float *restrict c,
-                             int K, int ldw, int n0) {
-    __m512i acc[4], sum[4];
-    const __m512i ones = _mm512_set1_epi8(1);
-    for (int q = 0; q < 4; q++) acc[q] = sum[q] = _mm512_setzero_si512();
-    for (int k = 0; k < K; k += 4) {
-        uint32_t xq;
-        uint8_t xu[4] = {(uint8_t)(x[k] + 128), (uint8_t)(x[k + 1] + 128), (uint8_t)(x[k + 2] + 128),
-                         (uint8_t)(x[k + 3] + 128)};
-        memcpy(&xq, xu, 4);
-        const __m512i xb = _mm512_set1_epi32((int32_t)xq);
-        const int8_t *wk = w + (size_t)k * ldw + n0;
-        const __m512i r0 = _mm512_loadu_si512(wk), r1 = _mm512_loadu_si512(wk + ldw);
-        const __m512i r2 = _mm512_loadu_si512(wk + 2 * (size_t)ldw), r3 = _mm512_loadu_si512(wk + 3 * (size_t)ldw);
-        const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
-        const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
-        const __m512i quad[4] = {_mm512_unpacklo_epi16(t0, t2), _mm512_unpackhi_epi16(t0, t2),
-                                 _mm512_unpacklo_epi16(t1, t3), _mm512_unpackhi_epi16(t1, t3)};
-        for (int q = 0; q < 4; q++) {
-            acc[q] = _mm512_dpbusd_epi32(acc[q], xb, quad[q]);
-            sum[q] = _mm512_dpbusd_epi32(sum[q], ones, quad[q]);
-        }
-    }
-    for (int q = 0; q < 4; q++) {
-        int32_t a[16], s[16];
-        _mm512_storeu_si512(a, acc[q]);
-        _mm512_storeu_si512(s, sum[q]);
-        for (int j = 0; j < 16; j++) {
-            const int n = n0 + 16 * (j / 4) + 4 * q + j % 4;
-            y[n] = (float)(a[j] - 128 * s[j]) * xs * ws[ws_n > 1 ? (size_t)n : 0] + (c ? c[n] : 0.0f);
-        }
-    }
-}
+/* One row of w8a8 with AVX-512 VNNI: vpdpbusd sums 4 products of u8 x s8 per int32 lane. The
+ * weights take the unsigned side as w ^ 0x80 = w + 128 and x the signed side, broadcast 4 at a
+ * time; the shift comes back as 128 * sum(x), one number per row. Four weight rows (k..k+3) x
+ * 64 columns are interleaved into quads in registers (8 unpacks per 256 products); quad q of
+ * 128-bit lane L holds columns 16L + 4q .. 16L + 4q + 3. BLOCKS 64-column blocks (1 or 4)
+ * accumulate over all of K in registers, K outermost, so the weights stream row by row. The
+ * integers are those of the generic kernel. */
+/* the panel as a function per block count: a constant count keeps the accumulators in registers */
+#define EL_VNNI(NAME, BLOCKS) \
+static void NAME(float *restrict y, const int8_t *restrict x, const int8_t *restrict w,                     \
+                                const float *restrict ws, size_t ws_n, float xs, const float *restrict c,   \
+                                int K, int ldw, int n0, int32_t xsum) {                                     \
+    __m512i acc[BLOCKS][4];                                                                                 \
+    const __m512i flip = _mm512_set1_epi8((char)0x80);                                                      \
+    for (int b = 0; b < BLOCKS; b++)                                                                        \
+        for (int q = 0; q < 4; q++) acc[b][q] = _mm512_setzero_si512();                                     \
+    for (int k = 0; k < K; k += 4) {                                                                        \
+        int32_t xq;                                                                                         \
+        memcpy(&xq, x + k, 4);                                                                              \
+        const __m512i xb = _mm512_set1_epi32(xq);                                                           \
+        for (int b = 0; b < BLOCKS; b++) {                                                                  \
+            const int8_t *wk = w + (size_t)k * ldw + n0 + 64 * b;                                           \
+            const __m512i r0 = _mm512_xor_si512(_mm512_loadu_si512(wk), flip);                              \
+            const __m512i r1 = _mm512_xor_si512(_mm512_loadu_si512(wk + ldw), flip);                        \
+            const __m512i r2 = _mm512_xor_si512(_mm512_loadu_si512(wk + 2 * (size_t)ldw), flip);            \
+            const __m512i r3 = _mm512_xor_si512(_mm512_loadu_si512(wk + 3 * (size_t)ldw), flip);            \
+            const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);             \
+            const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);             \
+            acc[b][0] = _mm512_dpbusd_epi32(acc[b][0], _mm512_unpacklo_epi16(t0, t2), xb);                  \
+            acc[b][1] = _mm512_dpbusd_epi32(acc[b][1], _mm512_unpackhi_epi16(t0, t2), xb);                  \
+            acc[b][2] = _mm512_dpbusd_epi32(acc[b][2], _mm512_unpacklo_epi16(t1, t3), xb);                  \
+            acc[b][3] = _mm512_dpbusd_epi32(acc[b][3], _mm512_unpackhi_epi16(t1, t3), xb);                  \
+        }                                                                                                   \
+    }                                                                                                       \
+    for (int b = 0; b < BLOCKS; b++)                                                                        \
+        for (int q = 0; q < 4; q++) {                                                                       \
+            int32_t a[16];                                                                                  \
+            _mm512_storeu_si512(a, acc[b][q]);                                                              \
+            for (int j = 0; j < 16; j++) {                                                                  \
+                const int n = n0 + 64 * b + 16 * (j / 4) + 4 * q + j % 4;                                   \
+                y[n] = (float)(a[j] - 128 * xsum) * xs * ws[ws_n > 1 ? (size_t)n : 0] + (c ? c[n] : 0.0f);  \
+            }                                                                                               \
+        }                                                                                                   \
+}                                                                                                           \
+
+EL_VNNI(el_a8w8_vnni4, 4)
+EL_VNNI(el_a8w8_vnni1, 1)
 #endif
 
 static EL_NOINLINE void el_mm_a8w8(float *y, int ldy, const int8_t *x, int ldx, const int8_t *w, int ldw,
                                    const float *ws, size_t ws_n, float xs, const float *c, int c_rows,
                                    size_t M, int K, int N) {
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    if (M == 1 && K % 4 == 0 && N >= 64) {  /* the one-stream step: 64-column blocks, then the rest */
+    if (M == 1 && K % 4 == 0 && N >= 64) {  /* the one-stream step: 256- then 64-column panels */
+        int32_t xsum = 0;
         int n0 = 0;
-        for (; n0 + 64 <= N; n0 += 64) el_a8w8_vnni_row(y, x, w, ws, ws_n, xs, c, K, ldw, n0);
-        if (n0 < N) {  /* the last columns: the generic kernel on a column slice */
-            for (int n = n0; n < N; n++) {
-                int32_t a = 0;
-                for (int k = 0; k < K; k++) a += (int32_t)x[k] * w[(size_t)k * ldw + n];
-                y[n] = (float)a * xs * ws[ws_n > 1 ? (size_t)n : 0] + (c ? c[n] : 0.0f);
-            }
-        }
+        for (int k = 0; k < K; k++) xsum += x[k];
+        for (; n0 + 256 <= N; n0 += 256) el_a8w8_vnni4(y, x, w, ws, ws_n, xs, c, K, ldw, n0, xsum);
+        for (; n0 + 64 <= N; n0 += 64) el_a8w8_vnni1(y, x, w, ws, ws_n, xs, c, K, ldw, n0, xsum);
+        if (n0 < N)  /* the last columns: the generic kernel on a column slice */
+            el_mm_a8w8_generic(y + n0, ldy, x, ldx, w + n0, ldw, ws_n > 1 ? ws + n0 : ws, ws_n > 1 ? ws_n - n0 : 1,
+                               xs, c ? c + n0 : NULL, c_rows, M, K, N - n0);
         return;
     }
 #endif

@@ -36,7 +36,9 @@ def open_backend(name: str, bundle, device: str | None, max_streams: int):
 
 
 def _native_preferred(bundle, device: str | None) -> bool:
-    art = bundle.native_library() if device in (None, "cpu") else None
+    """A signed bundle opened with trusted keys never loads native code by default: the library is
+    built on the device, outside the signature; backend='native' is the explicit opt-in."""
+    art = bundle.native_library() if device in (None, "cpu") and not bundle.signed else None
     if art is None or art.bundle_id != bundle.bundle_id:  # none, or stale: built from another bundle
         return False
     timing = art.info.get("timing", {})
