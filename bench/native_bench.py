@@ -167,7 +167,12 @@ def main(argv=None) -> None:
         from edgelm.checkpoint import load_model
 
         floor = floor_us(work_per_byte(load_model(model_file(name, work))), peak)
-        res["models"][name] = {prec: measure(b, floor) for prec, b in bundles(name, work, calib).items()}
+        try:
+            res["models"][name] = {prec: measure(b, floor) for prec, b in bundles(name, work, calib).items()}
+        except Exception as exc:  # noqa: BLE001 - one model's failure is reported, not the run's end
+            res.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+            print(name, "failed:", exc, flush=True)
+            continue
         print(name, json.dumps({p: r["latency_us"] for p, r in res["models"][name].items()}), flush=True)
     res["minutes"] = round((time.time() - t0) / 60, 1)
     out = Path(args.out)

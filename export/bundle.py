@@ -164,7 +164,12 @@ def _native(tmp: Path, manifest: Manifest, profile, native: bool) -> tuple[list[
     reason = unsupported(manifest.precision)
     if reason:
         return [], {"status": f"none: {reason}"}, None
-    names = generate(tmp, manifest, step_loop=_step_loop(manifest.arch))
+    try:  # the C is an addition: a graph it cannot express still exports, without C
+        names = generate(tmp, manifest, step_loop=_step_loop(manifest.arch))
+    except EdgelmError as exc:
+        for name in fmt.NATIVE_SOURCES:
+            (tmp / name).unlink(missing_ok=True)
+        return [], {"status": f"none: {exc}"}, None
     atomic_write_text(tmp / fmt.NATIVE_SCRIPT, nb.build_script(profile))
     cc = nb.compiler()
     if not native or cc is None:
@@ -172,7 +177,7 @@ def _native(tmp: Path, manifest: Manifest, profile, native: bool) -> tuple[list[
         return [*names, fmt.NATIVE_SCRIPT], {"status": why}, None
     host = "-march=native" in profile.native_cflags  # the target is this machine: keep the library
     flags = nb.cflags(profile) if host else []
-    version = nb.compile_library(tmp, tmp / fmt.NATIVE_LIBRARY, flags, cc)
+    version = nb.compile_library(tmp, tmp / fmt.NATIVE_LIBRARY, flags, cc)  # a failure is a bug: loud
     result = {"status": "ok", "compiler": version, **parity(tmp, tmp / fmt.NATIVE_LIBRARY, manifest)}
     data = (tmp / fmt.NATIVE_LIBRARY).read_bytes()
     if not host:

@@ -212,7 +212,7 @@ class Emitter:
     # -- data movement ---------------------------------------------------------------------
     def op_Gather(self, node):
         d, ids, o = self.t(node.input[0]), self.view(node.input[1]), self.t(node.output[0])
-        if d.batched and self.t(node.input[1]).value is not None and self.t(node.input[1]).numel == 1:
+        if self.t(node.input[1]).value is not None and self.t(node.input[1]).numel == 1 and (d.batched or attr(node, "axis", 0)):
             return self._pick(d, o, attr(node, "axis", 0) % len(d.shape), int(self.value(node.input[1]).item()))
         if attr(node, "axis", 0) != 0 or d.batched or self.t(node.input[1]).dtype != "int64":
             raise EdgelmError("the native C target gathers rows of a stored table by int64 ids only")
@@ -220,14 +220,16 @@ class Emitter:
         return f"el_gather({self.ptr(o.name)}, {self.ptr(d.name)}, {ids.ptr}, (size_t){self.count(ids)}, {d.shape[0]}, {row});"
 
     def _pick(self, x: Tensor, o: Tensor, axis: int, index: int) -> str:
-        """x[..., index, ...] along a non-batch axis (a Gather by a constant: byte_ids[:, t])."""
+        """x[..., index, ...] along a non-batch axis (a Gather by a constant: byte_ids[:, t], or a
+        column of a stored weight the exporter left unfolded)."""
         if axis == 0:
             raise EdgelmError("the native C target cannot gather along the batch")
         index %= x.shape[axis]
         inner = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
         outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+        rows = f"(B * {outer})" if x.batched else str(outer)
         size = np.dtype(x.dtype).itemsize
-        return (f"for (size_t r = 0; r < (size_t)(B * {outer}); r++) memcpy({self.ptr(o.name)} + r * {inner}, "
+        return (f"for (size_t r = 0; r < (size_t){rows}; r++) memcpy({self.ptr(o.name)} + r * {inner}, "
                 f"{self.ptr(x.name)} + r * {x.shape[axis] * inner} + {index * inner}, {inner * size});")
 
     def _blocks(self, whole: Tensor, parts: list[Tensor], axis: int, into_whole: bool) -> str:
