@@ -22,8 +22,9 @@ def build_bundle(bundle_dir: str | Path) -> list[Artifact]:
     engines = bool(manifest.target.get("tensorrt_versions"))
     has_c = fmt.NATIVE_SOURCES[1] in manifest.files
     if not engines and not has_c:
+        why = manifest.validation.get("native", {}).get("status", "none: exported before the native C target")
         raise EdgelmError(f"{bundle_dir} has nothing to build here: its target {manifest.target['name']} has no "
-                          f"TensorRT and a {manifest.precision} bundle carries no C; re-export it as fp32 or int8")
+                          f"TensorRT and the bundle carries no C ({why.removeprefix('none: ')})")
     arts = []
     if has_c and (not engines or compiler() is not None):
         arts.append(build_native(bundle_dir))

@@ -265,6 +265,22 @@ def test_live_scratch_tensors_never_overlap(bundle_dir, arch):
                 assert l1 < f2 or l2 < f1, f"{a} and {b} share scratch while both live"
 
 
+def test_a_graph_the_c_cannot_express_still_exports_without_c(tmp_path, monkeypatch, capsys):
+    from edgelm.export import export_bundle
+    from edgelm.export.native import ops
+
+    def no_gemm(self, node):
+        raise EdgelmError("the native C target has no Gemm kernel (step graph)")
+
+    monkeypatch.setattr(ops.Emitter, "op_Gemm", no_gemm)
+    m = export_bundle(ROOT / "models" / "lstm-tiny.pt", "cpu", None, tmp_path / "b")
+    assert m.validation["native"]["status"].startswith("none: the native C target has no Gemm kernel")
+    assert not {"model.c", "model.h", "build_native.sh"} & set(m.files) and not m.built
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted([*m.files, "manifest.json"])
+    code, _, err = cli(capsys, "build", tmp_path / "b")
+    assert one_line_error(code, err, "has nothing to build here"), err
+
+
 def test_an_op_without_a_kernel_is_named():
     from onnx import helper
 

@@ -215,21 +215,82 @@ static void NAME(float *restrict y, const int8_t *restrict x, const int8_t *rest
 
 EL_VNNI(el_a8w8_vnni4, 4)
 EL_VNNI(el_a8w8_vnni1, 1)
+
+/* Four rows (streams, or positions of a prefill chunk) x 64 columns: the weights are interleaved
+ * once per 4 rows of k and serve all four rows of x; 16 accumulators. */
+static void el_a8w8_vnni_rows4(float *restrict y, int ldy, const int8_t *restrict x, int ldx,
+                               const int8_t *restrict w, int ldw, const float *restrict ws, size_t ws_n,
+                               float xs, const float *restrict c, int c_rows, int K, int n0,
+                               const int32_t *xsum) {
+    __m512i acc[4][4];
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++) acc[r][q] = _mm512_setzero_si512();
+    for (int k = 0; k < K; k += 4) {
+        const int8_t *wk = w + (size_t)k * ldw + n0;
+        const __m512i r0 = _mm512_xor_si512(_mm512_loadu_si512(wk), flip);
+        const __m512i r1 = _mm512_xor_si512(_mm512_loadu_si512(wk + ldw), flip);
+        const __m512i r2 = _mm512_xor_si512(_mm512_loadu_si512(wk + 2 * (size_t)ldw), flip);
+        const __m512i r3 = _mm512_xor_si512(_mm512_loadu_si512(wk + 3 * (size_t)ldw), flip);
+        const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
+        const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+        const __m512i quad[4] = {_mm512_unpacklo_epi16(t0, t2), _mm512_unpackhi_epi16(t0, t2),
+                                 _mm512_unpacklo_epi16(t1, t3), _mm512_unpackhi_epi16(t1, t3)};
+        for (int r = 0; r < 4; r++) {
+            int32_t xq;
+            memcpy(&xq, x + (size_t)r * ldx + k, 4);
+            const __m512i xb = _mm512_set1_epi32(xq);
+            for (int q = 0; q < 4; q++) acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], quad[q], xb);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        const float *cr = EL_BIAS(c, c_rows, r, ldy);
+        for (int q = 0; q < 4; q++) {
+            int32_t a[16];
+            _mm512_storeu_si512(a, acc[r][q]);
+            for (int j = 0; j < 16; j++) {
+                const int n = n0 + 16 * (j / 4) + 4 * q + j % 4;
+                y[(size_t)r * ldy + n] = (float)(a[j] - 128 * xsum[r]) * xs * ws[ws_n > 1 ? (size_t)n : 0] +
+                                         (cr ? cr[n] : 0.0f);
+            }
+        }
+    }
+}
+
+static void el_a8w8_row(float *y, const int8_t *x, const int8_t *w, int ldw, const float *ws, size_t ws_n,
+                        float xs, const float *c, int K, int N) {
+    int32_t xsum = 0;
+    int n0 = 0;
+    for (int k = 0; k < K; k++) xsum += x[k];
+    for (; n0 + 256 <= N; n0 += 256) el_a8w8_vnni4(y, x, w, ws, ws_n, xs, c, K, ldw, n0, xsum);
+    for (; n0 + 64 <= N; n0 += 64) el_a8w8_vnni1(y, x, w, ws, ws_n, xs, c, K, ldw, n0, xsum);
+    if (n0 < N)  /* the last columns: the generic kernel on a column slice */
+        el_mm_a8w8_generic(y + n0, 0, x, 0, w + n0, ldw, ws_n > 1 ? ws + n0 : ws, ws_n > 1 ? ws_n - n0 : 1, xs,
+                           c ? c + n0 : NULL, 0, 1, K, N - n0);
+}
 #endif
 
 static EL_NOINLINE void el_mm_a8w8(float *y, int ldy, const int8_t *x, int ldx, const int8_t *w, int ldw,
                                    const float *ws, size_t ws_n, float xs, const float *c, int c_rows,
                                    size_t M, int K, int N) {
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    if (M == 1 && K % 4 == 0 && N >= 64) {  /* the one-stream step: 256- then 64-column panels */
-        int32_t xsum = 0;
-        int n0 = 0;
-        for (int k = 0; k < K; k++) xsum += x[k];
-        for (; n0 + 256 <= N; n0 += 256) el_a8w8_vnni4(y, x, w, ws, ws_n, xs, c, K, ldw, n0, xsum);
-        for (; n0 + 64 <= N; n0 += 64) el_a8w8_vnni1(y, x, w, ws, ws_n, xs, c, K, ldw, n0, xsum);
-        if (n0 < N)  /* the last columns: the generic kernel on a column slice */
-            el_mm_a8w8_generic(y + n0, ldy, x, ldx, w + n0, ldw, ws_n > 1 ? ws + n0 : ws, ws_n > 1 ? ws_n - n0 : 1,
-                               xs, c ? c + n0 : NULL, c_rows, M, K, N - n0);
+    if (K % 4 == 0 && N >= 64) {  /* 4 rows x 64 columns at a time, then single rows */
+        size_t m = 0;
+        for (; m + 4 <= M; m += 4) {
+            int32_t xsum[4] = {0, 0, 0, 0};
+            int n0 = 0;
+            for (int r = 0; r < 4; r++)
+                for (int k = 0; k < K; k++) xsum[r] += x[(m + r) * ldx + k];
+            for (; n0 + 64 <= N; n0 += 64)
+                el_a8w8_vnni_rows4(y + m * ldy, ldy, x + m * ldx, ldx, w, ldw, ws, ws_n, xs,
+                                   EL_BIAS(c, c_rows, m, ldy), c_rows, K, n0, xsum);
+            if (n0 < N)
+                el_mm_a8w8_generic(y + m * ldy + n0, ldy, x + m * ldx, ldx, w + n0, ldw, ws_n > 1 ? ws + n0 : ws,
+                                   ws_n > 1 ? ws_n - n0 : 1, xs, c ? EL_BIAS(c, c_rows, m, ldy) + n0 : NULL, c_rows,
+                                   4, K, N - n0);
+        }
+        for (; m < M; m++)
+            el_a8w8_row(y + m * ldy, x + m * ldx, w, ldw, ws, ws_n, xs, EL_BIAS(c, c_rows, m, ldy), K, N);
         return;
     }
 #endif

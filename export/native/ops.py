@@ -212,25 +212,30 @@ class Emitter:
     # -- data movement ---------------------------------------------------------------------
     def op_Gather(self, node):
         d, ids, o = self.t(node.input[0]), self.view(node.input[1]), self.t(node.output[0])
-        if self.t(node.input[1]).value is not None and self.t(node.input[1]).numel == 1 and (d.batched or attr(node, "axis", 0)):
-            return self._pick(d, o, attr(node, "axis", 0) % len(d.shape), int(self.value(node.input[1]).item()))
+        idx = self.t(node.input[1])
+        if idx.value is not None and len(d.shape) > 1 and (attr(node, "axis", 0) or idx.numel == 1):
+            return self._pick(d, o, attr(node, "axis", 0) % len(d.shape), idx)
         if attr(node, "axis", 0) != 0 or d.batched or self.t(node.input[1]).dtype != "int64":
             raise EdgelmError("the native C target gathers rows of a stored table by int64 ids only")
         row = int(np.prod(d.shape[1:], dtype=np.int64)) * np.dtype(d.dtype).itemsize
         return f"el_gather({self.ptr(o.name)}, {self.ptr(d.name)}, {ids.ptr}, (size_t){self.count(ids)}, {d.shape[0]}, {row});"
 
-    def _pick(self, x: Tensor, o: Tensor, axis: int, index: int) -> str:
-        """x[..., index, ...] along a non-batch axis (a Gather by a constant: byte_ids[:, t], or a
-        column of a stored weight the exporter left unfolded)."""
-        if axis == 0:
+    def _pick(self, x: Tensor, o: Tensor, axis: int, idx: Tensor) -> str:
+        """x[..., idx, ...] along a non-batch axis by constant indices: byte_ids[:, t], a column of a
+        stored weight the exporter left unfolded, or the channels an outlier split takes apart."""
+        if axis == 0 and x.batched:
             raise EdgelmError("the native C target cannot gather along the batch")
-        index %= x.shape[axis]
+        picks = [int(i) % x.shape[axis] for i in idx.value.reshape(-1)]
         inner = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
         outer = int(np.prod(x.shape[:axis], dtype=np.int64))
         rows = f"(B * {outer})" if x.batched else str(outer)
-        size = np.dtype(x.dtype).itemsize
-        return (f"for (size_t r = 0; r < (size_t){rows}; r++) memcpy({self.ptr(o.name)} + r * {inner}, "
-                f"{self.ptr(x.name)} + r * {x.shape[axis] * inner} + {index * inner}, {inner * size});")
+        size, n = np.dtype(x.dtype).itemsize, len(picks)
+        src, dst = f"{self.ptr(x.name)} + r * {x.shape[axis] * inner}", f"{self.ptr(o.name)} + r * {n * inner}"
+        if n == 1:
+            return f"for (size_t r = 0; r < (size_t){rows}; r++) memcpy({dst}, {src} + {picks[0] * inner}, {inner * size});"
+        table = self.const(Tensor(f"{idx.name}.picks", "int32", (n,), False, "const", 0, np.array(picks, np.int32)))
+        return (f"for (size_t r = 0; r < (size_t){rows}; r++) for (int i = 0; i < {n}; i++) "
+                f"memcpy({dst} + i * {inner}, {src} + {table}[i] * {inner}, {inner * size});")
 
     def _blocks(self, whole: Tensor, parts: list[Tensor], axis: int, into_whole: bool) -> str:
         """Split (whole -> parts) or Concat (parts -> whole) along `axis` as row memcpys."""
