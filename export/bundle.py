@@ -179,10 +179,10 @@ def _native(tmp: Path, manifest: Manifest, profile, native: bool) -> tuple[list[
     flags = nb.cflags(profile) if host else []
     version = nb.compile_library(tmp, tmp / fmt.NATIVE_LIBRARY, flags, cc)  # a failure is a bug: loud
     result = {"status": "ok", "compiler": version, **parity(tmp, tmp / fmt.NATIVE_LIBRARY, manifest)}
-    data = (tmp / fmt.NATIVE_LIBRARY).read_bytes()
     if not host:
         (tmp / fmt.NATIVE_LIBRARY).unlink()
         return [*names, fmt.NATIVE_SCRIPT], {**result, "checked_with": "this machine's build (no -march)"}, None
+    data = (tmp / fmt.NATIVE_LIBRARY).read_bytes()
     return [*names, fmt.NATIVE_SCRIPT], result, nb.library_artifact("", data, version, flags)
 
 

@@ -149,6 +149,11 @@ def test_int8_native_matches_its_quantized_graphs(tmp_path, arch, recipe):
     for i in ids:
         (ln, sn), (lo, so) = _run(nat, np.array([i]), sn), _run(ort, np.array([i]), so)
     assert np.abs(ln - lo).mean() < tol
+    states = [np.zeros((5, *s.shape), np.float32) for s in bundle.state]  # a 4-row tile and a row
+    nat, ort = _both(bundle, 5)
+    ln, _ = _run(nat, np.arange(5) * 40, states)
+    lo, _ = _run(ort, np.arange(5) * 40, states)
+    assert np.abs(ln - lo).mean() < tol
     if recipe == "w8a8":
         with Session.open(tmp_path / "b", backend="native") as a, Session.open(tmp_path / "b", backend="onnxruntime") as b:
             assert b"".join(a.stream(GREEDY, PROMPT).generate(100)) == b"".join(b.stream(GREEDY, PROMPT).generate(100))

@@ -1,6 +1,7 @@
 """Export-time parity of the compiled C against the bundle's own ONNX graphs in ONNX Runtime.
 
-Both sides stream the same random bytes for STEPS steps at batch 2, each carrying its own state
+Both sides stream the same random bytes for STEPS steps at batch BATCH (5: the kernels' 4-row
+tile and a single row both run), each carrying its own state
 (so drift accumulates as it would in use), then run one prefill chunk from there, then generate
 GREEDY bytes greedily at batch 1 from the same prompt. fp32 must agree within FP32_ATOL on
 logits (the rounding of a different summation order and of el_exp); int8 within the precision's
@@ -21,6 +22,7 @@ from ...runtime import manifest as fmt
 
 FP32_ATOL = 1e-4
 STEPS = 64
+BATCH = 5
 GREEDY = 64
 _P = ctypes.c_void_p
 
@@ -29,11 +31,10 @@ class _Native:
     """The compiled library, called like the runtime's native backend (ctypes, batch-first arrays)."""
 
     def __init__(self, lib_path: Path, weights: bytes):
+        from ...runtime.backends.native import bind
+
         self.lib = ctypes.CDLL(str(lib_path.resolve()))
-        for fn in (self.lib.edgelm_step_batch, self.lib.edgelm_prefill_batch):
-            fn.argtypes = [_P, ctypes.c_size_t, _P, _P, _P, _P, _P]
-        self.lib.edgelm_scratch_bytes.restype = ctypes.c_size_t
-        self.lib.edgelm_scratch_bytes.argtypes = [ctypes.c_size_t]
+        self.fns = bind(self.lib)
         self.weights = np.frombuffer(weights, np.uint8).copy()  # numpy's allocation: 64-byte aligned here
         self.scratch = np.zeros(self.lib.edgelm_scratch_bytes(8) + 64, np.uint8)
 
@@ -44,7 +45,7 @@ class _Native:
         sout = [np.empty_like(s) for s in sin]
         logits = np.empty((batch, 256), np.float32)
         arr = _P * len(sin)
-        fn = self.lib.edgelm_prefill_batch if ids.ndim == 2 else self.lib.edgelm_step_batch
+        fn = self.fns["prefill" if ids.ndim == 2 else "step"]
         fn(self.weights.ctypes.data, batch, ids.ctypes.data, arr(*[s.ctypes.data for s in sin]),
            arr(*[s.ctypes.data for s in sout]), logits.ctypes.data, (self.scratch.ctypes.data + 63) & ~63)
         return logits, sout
@@ -81,15 +82,15 @@ def parity(directory: Path, lib_path: Path, manifest) -> dict:
 
 def _compare(native: _Native, onnx: _Onnx, manifest) -> dict:
     rng = np.random.default_rng(0)
-    zeros = [np.zeros((2, *s.shape), np.float32) for s in manifest.state]
+    zeros = [np.zeros((BATCH, *s.shape), np.float32) for s in manifest.state]
     s_n, s_o, dl, ds, means = zeros, zeros, 0.0, 0.0, []
-    for ids in rng.integers(0, 256, (STEPS, 2)):
+    for ids in rng.integers(0, 256, (STEPS, BATCH)):
         (l_n, s_n), (l_o, s_o) = native.run(ids, s_n), onnx.run(ids, s_o)
         dl, ds = max(dl, _diff(l_n, l_o)), max(ds, *(_diff(a, b) for a, b in zip(s_n, s_o)))
         means.append(float(np.abs(l_n - l_o).mean()))
-    chunk = rng.integers(0, 256, (2, manifest.prefill_chunk))
+    chunk = rng.integers(0, 256, (BATCH, manifest.prefill_chunk))
     (p_n, ps_n), (p_o, ps_o) = native.run(chunk, s_o), onnx.run(chunk, s_o)
-    res = {"steps": STEPS, "batch": 2, "max_abs_logit_diff": dl, "max_abs_state_diff": ds,
+    res = {"steps": STEPS, "batch": BATCH, "max_abs_logit_diff": dl, "max_abs_state_diff": ds,
            "mean_abs_logit_diff": float(np.mean(means)), "prefill_max_abs_diff": _diff(p_n, p_o),
            "prefill_max_abs_state_diff": max(_diff(a, b) for a, b in zip(ps_n, ps_o)),
            "greedy_bytes": GREEDY, "greedy_equal": _greedy(native, manifest.state) == _greedy(onnx, manifest.state)}

@@ -84,6 +84,20 @@ def _aligned(data: bytes, align: int = 64) -> np.ndarray:
     return out
 
 
+def bind(lib: ctypes.CDLL) -> dict:
+    """Declare model.h's functions to ctypes; returns {"step": ..., "prefill": ...}, the batch
+    calls (weights, streams, bytes, state_in[], state_out[], logits, scratch)."""
+    lib.edgelm_abi_version.restype = ctypes.c_int
+    lib.edgelm_check_weights.argtypes = [_P, ctypes.c_size_t]
+    lib.edgelm_check_weights.restype = ctypes.c_int
+    lib.edgelm_scratch_bytes.argtypes = [ctypes.c_size_t]
+    lib.edgelm_scratch_bytes.restype = ctypes.c_size_t
+    for fn in (lib.edgelm_step_batch, lib.edgelm_prefill_batch):
+        fn.argtypes = [_P, ctypes.c_size_t, _P, _P, _P, _P, _P]
+        fn.restype = None
+    return {"step": lib.edgelm_step_batch, "prefill": lib.edgelm_prefill_batch}
+
+
 def unload(lib: ctypes.CDLL) -> None:
     import _ctypes
 
@@ -131,16 +145,7 @@ class NativeBackend(Backend):
                               f"`edgelm build {bundle.path}` again")
 
     def _bind(self) -> None:
-        lib = self._lib
-        lib.edgelm_abi_version.restype = ctypes.c_int
-        lib.edgelm_check_weights.argtypes = [_P, ctypes.c_size_t]
-        lib.edgelm_check_weights.restype = ctypes.c_int
-        lib.edgelm_scratch_bytes.argtypes = [ctypes.c_size_t]
-        lib.edgelm_scratch_bytes.restype = ctypes.c_size_t
-        for fn in (lib.edgelm_step_batch, lib.edgelm_prefill_batch):
-            fn.argtypes = [_P, ctypes.c_size_t, _P, _P, _P, _P, _P]
-            fn.restype = None
-        self._fns = {"step": lib.edgelm_step_batch, "prefill": lib.edgelm_prefill_batch}
+        self._fns = bind(self._lib)
 
     @property
     def buffer_bytes(self) -> int:
