@@ -87,8 +87,9 @@ def profile_bundle(path: str | Path, opts: ProfileOptions) -> dict:
             "state_bytes_per_stream": session.state_bytes_per_stream, "bundle_bytes": prof.bundle_bytes(path),
             "engine_device_memory_bytes": getattr(timer._backend, "device_memory_bytes", None),
             "environment": prof.environment(session, device), "samples_us": [round(float(x), 2) for x in samples]}
+    kind = "native-cpu" if getattr(timer._backend, "name", "") == "native" else None  # as it ran
     result["estimate"] = estimate(StepFacts.of_manifest(session.bundle.manifest),
-                                  get_profile(device.get("profile") or "cpu"), opts.streams)
+                                  get_profile(device.get("profile") or "cpu"), opts.streams, kind)
     return result
 
 

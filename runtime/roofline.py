@@ -27,6 +27,10 @@ DISPATCH = {
     # Stream.generate on the five reference bundles: 23-164 nodes, 31-147 µs per byte;
     # bench/results/profile_bench.json): the fixed part is the Python runtime and the ORT call.
     "onnxruntime-cpu": (10.0, 0.5),
+    # The native C backend, measured on the same machine (bench/results/native_bench.json and perf
+    # of the C step): ~4 µs of Python per byte around the ctypes call (lstm-tiny: 13.7 µs through
+    # the Session, 9.4 µs in C), and ~0.06 µs per graph node of elementwise C (mamba-tiny's 184).
+    "native-cpu": (4.0, 0.06),
     # Measured on an H200 (bench/results/gpu_bench-h200.json): CUDA-graph replay of the step costs
     # 1.3-2.5 µs per ONNX node; the Session adds ~75-300 µs of host<->device state copies and sync.
     "torch-cuda": (100.0, 1.3),
@@ -46,7 +50,8 @@ CPU_NS_PER_STATE_VALUE = 4.0
 # Precisions each backend kind runs fast: ONNX Runtime's x86/arm CPU kernels compute fp16 through
 # fp32 with casts (devices/profiles/cpu.toml), the torch backend runs the fp32/fp16 reference model
 # (runtime/backends/torch_ref.py), TensorRT every precision its device has. None = the profile's.
-FAST_PRECISIONS = {"onnxruntime-cpu": ("fp32", "int8", "int4"), "torch-cuda": ("fp32", "fp16"), "tensorrt": None}
+FAST_PRECISIONS = {"onnxruntime-cpu": ("fp32", "int8", "int4"), "native-cpu": ("fp32", "int8"),
+                   "torch-cuda": ("fp32", "fp16"), "tensorrt": None}
 # Peak fp32 compute for one CPU thread (the runtime runs one intra-op thread at batch 1): x86 with
 # two 256-bit FMA units at ~3 GHz = 2 * 8 * 2 * 3e9 = 96 GFLOP/s; Cortex-A76 (Raspberry Pi 5):
 # two 128-bit FMA units at 2.4 GHz = 38 GFLOP/s (Arm Cortex-A76 software optimization guide).
@@ -73,8 +78,8 @@ class StepFacts:
 
 
 def backends_for(profile) -> list[str]:
-    """The backend kinds a profile can run."""
-    return ["onnxruntime-cpu"] if profile.family == "cpu" else ["tensorrt", "torch-cuda"]
+    """The backend kinds a profile can run (the first: the default estimate's)."""
+    return ["onnxruntime-cpu", "native-cpu"] if profile.family == "cpu" else ["tensorrt", "torch-cuda"]
 
 
 def peak_flops(profile, precision: str) -> float:
@@ -105,10 +110,11 @@ def step_time_us(facts: StepFacts, profile, backend: str, batch: int, precision:
             **{f"{k}_us": v for k, v in parts.items()}}
 
 
-def estimate(facts: StepFacts, profile, streams: tuple[int, ...] = (1, 8, 64)) -> dict:
+def estimate(facts: StepFacts, profile, streams: tuple[int, ...] = (1, 8, 64), backend: str | None = None) -> dict:
     """Latency per byte at batch 1, throughput per stream count, the bound, and the fastest
-    backend/precision at batch 1 and at the profile's stream limit."""
-    backend = backends_for(profile)[0]
+    backend/precision at batch 1 and at the profile's stream limit. `backend`: the kind to model
+    (default: the profile's first)."""
+    backend = backend or backends_for(profile)[0]
     one = step_time_us(facts, profile, backend, 1)
     through = {str(b): round(b / step_time_us(facts, profile, backend, b)["total_us"] * 1e6)
                for b in streams}

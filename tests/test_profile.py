@@ -32,8 +32,10 @@ def test_a_profile_report_is_consistent_with_the_bundle(bundle_dir, tmp_path, ca
     assert r["ttfb_ms"] > 0 and r["prefill_bytes_per_s"] > 0 and r["rss_peak_mb"] >= r["rss_start_mb"] > 0
     assert r["state_bytes_per_stream"] == load_bundle(bundle).state_bytes_per_stream()
     assert r["bundle_bytes"] == sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
-    # auto: the native library built at export, where it timed faster than onnxruntime
+    # auto: the native library built at export, where it timed faster than onnxruntime; the
+    # estimate models the backend that ran
     assert r["device"] and r["backend"].startswith(("native C", "onnxruntime")) and r["estimate"]["device"] == r["device"]
+    assert r["estimate"]["backend"] == ("native-cpu" if r["backend"].startswith("native C") else "onnxruntime-cpu")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{lat['p50']:,.1f}" in out and "estimate" in out
 
@@ -75,6 +77,8 @@ def test_the_bound_follows_the_model_size():
     assert step_time_us(small, cpu, "onnxruntime-cpu", 1)["bound"] == "dispatch"
     assert step_time_us(big, cpu, "onnxruntime-cpu", 1)["bound"] == "memory"  # 400 MB per byte
     assert step_time_us(big, cpu, "onnxruntime-cpu", 64)["bound"] == "compute"  # weights shared by 64
+    assert step_time_us(small, cpu, "native-cpu", 1)["total_us"] < step_time_us(small, cpu, "onnxruntime-cpu", 1)["total_us"]
+    assert step_time_us(big, cpu, "native-cpu", 1)["memory_us"] == step_time_us(big, cpu, "onnxruntime-cpu", 1)["memory_us"]
     int8 = step_time_us(StepFacts("mamba", 100_000_000, "int8", 60_000, 160), cpu, "onnxruntime-cpu", 1)
     assert int8["memory_us"] == pytest.approx(step_time_us(big, cpu, "onnxruntime-cpu", 1)["memory_us"] / 4, rel=0.01)
     e = estimate(big, get_profile("h100"), (1, 64))
