@@ -6,8 +6,8 @@ exported (it carries model.so, built at export) and opened twice: backend="nativ
 backend="onnxruntime". Measured in one run, one thread:
   - batch-1 latency: greedy bytes through Session/Stream, the two backends interleaved in ROUNDS
     rounds (median of all rounds' medians), as bench/latency.py
-  - 64 streams: bytes/s through a Scheduler, median of 3
-  - prefill: a 4 KB prompt into a fresh stream, bytes/s, median of 3
+  - 64 streams: bytes/s through a Scheduler (edgelm.runtime.profiler.throughput), median of 3
+  - prefill: a 4 KB prompt into fresh streams, bytes/s (profiler.prompt_timing)
   - the GEMM floor: the step's matmul FLOPs at this CPU's single-thread GEMM peak (bench/floor.py),
     and each backend's ratio to it at batch 1 and 64 streams
 Writes bench/results/native_bench.json and .md.
@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench import PROMPT, default_models, machine, model_file  # noqa: E402
+from bench import default_models, machine, model_file  # noqa: E402
 from bench_edgelm import write_calibration  # noqa: E402
 from floor import floor_us, gemm_peak, work_per_byte  # noqa: E402
 from latency import EdgelmRunner  # noqa: E402
@@ -73,48 +73,16 @@ def latency(bundle: Path) -> dict[str, float]:
     return {b: round(statistics.median(m), 2) for b, m in meds.items()}
 
 
-def streams_rate(sess, n: int) -> float:
-    from edgelm.runtime import GREEDY
-
-    rates = []
-    for _ in range(3):
-        sched = sess.scheduler()
-        streams = [sess.stream(GREEDY, b"def ") for _ in range(n)]
-        for s in streams:
-            sched.add(s, 64)
-        sched.step()  # warm-up: every stream's first byte
-        t0, done = time.perf_counter(), 0
-        while True:
-            got = sched.step()
-            if not got:
-                break
-            done += len(got)
-        rates.append(done / (time.perf_counter() - t0))
-        for s in streams:
-            s.close()
-    return statistics.median(rates)
-
-
-def prefill_rate(sess) -> float:
-    from edgelm.runtime import GREEDY
-
-    rates = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        s = sess.stream(GREEDY, PROMPT[:4096])
-        rates.append(4096 / (time.perf_counter() - t0))
-        s.close()
-    return statistics.median(rates)
-
-
 def measure(bundle: Path, floor: float) -> dict:
     from edgelm.runtime import Session
+    from edgelm.runtime.profiler import prompt_timing, throughput
 
     row = {"latency_us": latency(bundle), "streams_64_bytes_per_s": {}, "prefill_4k_bytes_per_s": {}}
     for b in BACKENDS:
         with Session.open(bundle, backend=b, max_streams=STREAMS) as sess:
-            row["streams_64_bytes_per_s"][b] = round(streams_rate(sess, STREAMS))
-            row["prefill_4k_bytes_per_s"][b] = round(prefill_rate(sess))
+            row["streams_64_bytes_per_s"][b] = round(statistics.median(throughput(sess, STREAMS, 64, 0.0)
+                                                                       for _ in range(3)))
+            row["prefill_4k_bytes_per_s"][b] = round(prompt_timing(sess, 4096, 0.0)[1])
     lat, s64 = row["latency_us"], row["streams_64_bytes_per_s"]
     row["native_over_onnxruntime_batch1"] = round(lat["native"] / lat["onnxruntime"], 3)
     row["floor_us"] = round(floor, 3)

@@ -226,9 +226,7 @@ class Emitter:
         if axis == 0 and x.batched:
             raise EdgelmError("the native C target cannot gather along the batch")
         picks = [int(i) % x.shape[axis] for i in idx.value.reshape(-1)]
-        inner = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
-        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-        rows = f"(B * {outer})" if x.batched else str(outer)
+        rows, inner = _split_at(x, axis)
         size, n = np.dtype(x.dtype).itemsize, len(picks)
         src, dst = f"{self.ptr(x.name)} + r * {x.shape[axis] * inner}", f"{self.ptr(o.name)} + r * {n * inner}"
         if n == 1:
@@ -242,9 +240,7 @@ class Emitter:
         axis %= len(whole.shape)
         if axis == 0 and whole.batched:
             raise EdgelmError("the native C target cannot split or join along the batch")
-        inner = int(np.prod(whole.shape[axis + 1:], dtype=np.int64))
-        outer = int(np.prod(whole.shape[:axis], dtype=np.int64))
-        rows = f"(B * {outer})" if whole.batched else str(outer)
+        rows, inner = _split_at(whole, axis)
         size = np.dtype(whole.dtype).itemsize
         lines, off = [f"for (size_t r = 0; r < (size_t){rows}; r++) {{"], 0
         for p in parts:
@@ -271,9 +267,7 @@ class Emitter:
             raise EdgelmError("the native C target slices one non-batch axis with step 1 only")
         axis, start = cut[0]
         start = min(max(start + x.shape[axis] if start < 0 else start, 0), x.shape[axis])
-        inner = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
-        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-        rows = f"(B * {outer})" if x.batched else str(outer)
+        rows, inner = _split_at(x, axis)
         n, size = o.shape[axis] * inner, np.dtype(x.dtype).itemsize
         return (f"for (size_t r = 0; r < (size_t){rows}; r++) memcpy({self.ptr(o.name)} + r * {n}, "
                 f"{self.ptr(x.name)} + r * {x.shape[axis] * inner} + {start * inner}, {n * size});")
@@ -373,6 +367,12 @@ def nonzero_blocks(w: np.ndarray) -> list[tuple[int, int, int, int]]:
     if len(blocks) > MAX_BLOCKS or kept > (1 - MIN_SAVING) * k * n:
         return whole
     return blocks
+
+
+def _split_at(t: Tensor, axis: int) -> tuple[str, int]:
+    """A tensor as rows around `axis`: (the C count of rows before it, elements after it)."""
+    outer = int(np.prod(t.shape[:axis], dtype=np.int64))
+    return (f"(B * {outer})" if t.batched else str(outer)), int(np.prod(t.shape[axis + 1:], dtype=np.int64))
 
 
 def _contiguous(shape) -> list[int]:

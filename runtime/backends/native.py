@@ -170,18 +170,6 @@ class NativeBackend(Backend):
             call = self._calls[key] = (self._fns[graph], args)
         call[0](*call[1])
 
-    def step_one(self, byte: int):
-        """The generation hot path without the generic plumbing: one ctypes call."""
-        self.ids_step[0] = byte
-        call = self._calls.get(("step", 1, self.parity))
-        if call is None:
-            self._run("step", 1)
-        else:
-            call[0](*call[1])
-        self.state_in, self.state_out = self.state_out, self.state_in
-        self.parity ^= 1
-        return self._logits_row
-
     def describe(self) -> str:
         return f"native C ({self.info.get('compiler', 'unknown compiler')}, {' '.join(self.info.get('flags', []))})"
 
