@@ -18,6 +18,11 @@ from . import __version__
 from .errors import EdgelmError
 from .fileio import write_stdout
 
+try:  # typer >= 0.2x carries its own click, whose usage errors derive from TyperException
+    from typer import TyperException as UsageFailure
+except ImportError:  # older typer on click (Python 3.8 gets typer <= 0.20): click's base class
+    from click import ClickException as UsageFailure  # type: ignore[assignment]
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compile and run small byte-level recurrent LMs on edge devices.")
 devices_app = typer.Typer(add_completion=False, help="Device profiles.", invoke_without_command=True)
@@ -203,10 +208,11 @@ def devices_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
     """List device profiles."""
     if ctx.invoked_subcommand is not None:
         return
-    from .devices import format_profiles, list_profiles
+    from .devices import RUNTIME_PATHS, format_profiles, list_profiles
 
     profiles = list_profiles()
-    _emit({"profiles": [p.to_dict() for p in profiles]}, as_json, format_profiles(profiles))
+    _emit({"profiles": [p.to_dict() for p in profiles], "runtime_paths": RUNTIME_PATHS}, as_json,
+          format_profiles(profiles))
 
 
 @devices_app.command("detect")
@@ -245,7 +251,7 @@ def run(bundle: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle dire
     run_bundle(bundle, opts)
 
 
-def _usage_error(exc: typer.TyperException) -> int:
+def _usage_error(exc: UsageFailure) -> int:
     """Click's usage errors (a bad value, an unknown option, a missing argument) as one line."""
     if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: click has printed the help
         return exc.exit_code
@@ -268,10 +274,12 @@ def main() -> None:
     except EdgelmError as exc:
         typer.echo(f"error: {exc}", err=True)
         code = exc.exit_code
-    except typer.TyperException as exc:
+    except UsageFailure as exc:
         code = _usage_error(exc)
     except KeyboardInterrupt:
         code = 130
+    except typer.Abort as exc:  # older typer (Python 3.8's) turns Ctrl-C into click's Abort
+        code = 130 if isinstance(exc.__cause__, KeyboardInterrupt) else 1
     except BrokenPipeError:  # the reader left (`| head`): its choice, not an error
         code = 0
     finally:

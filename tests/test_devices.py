@@ -37,7 +37,7 @@ def test_every_required_profile_loads_with_sane_values():
 
 def test_published_facts():
     nano, orin, thor = get_profile("jetson-nano"), get_profile("jetson-agx-orin"), get_profile("jetson-thor")
-    assert nano.compute_capability == "5.3" and nano.tensorrt_versions == ("8.2",) and nano.jetpack == "4.6"
+    assert nano.compute_capability == "5.3" and nano.tensorrt_versions == ("8.2",) and nano.jetpack == "4.6.1"
     assert not nano.supports("int8") and nano.peak_int8_tops == 0 and nano.supports("fp16")
     assert orin.compute_capability == "8.7" and orin.supports("int8") and not orin.supports("fp8")
     assert orin.tensorrt_versions == ("10.3", "11") and orin.tensorrt_major == 11 and orin.dla_cores == 2
@@ -159,8 +159,66 @@ def test_cli_devices_json():
     assert _cli("devices").stdout.startswith("name")
 
 
+def test_cli_devices_json_lists_each_jetsons_software_and_runtime_paths():
+    """The coverage table as data: every Jetson's JetPack lines with Ubuntu, Python, CUDA and
+    TensorRT, and the runtime paths that work there (the Nano's Python 3.6 runs none of edgelm's
+    Python, so C and trtexec only)."""
+    res = _cli("devices", "--json")
+    data = json.loads(res.stdout)
+    assert set(data["runtime_paths"]) == {"tensorrt", "python-ort", "native-c", "trtexec"}
+    jetsons = {p["name"]: p for p in data["profiles"] if p["family"] == "jetson"}
+    assert set(jetsons) == {n for n in REQUIRED if n.startswith("jetson")}
+    for p in jetsons.values():
+        assert p["stacks"] and p["runtime_paths"], p["name"]
+        for s in p["stacks"]:
+            assert all(s[k] for k in ("jetpack", "ubuntu", "python", "cuda", "tensorrt", "paths")), p["name"]
+            assert any(s["tensorrt"].startswith(v) for v in p["tensorrt_versions"])
+    pythons = {n: [s["python"] for s in p["stacks"]] for n, p in jetsons.items()}
+    assert pythons["jetson-nano"] == ["3.6"] and pythons["jetson-xavier-nx"] == ["3.8"]
+    assert pythons["jetson-orin-nx"] == ["3.10"] and pythons["jetson-thor"] == ["3.12"]
+    assert jetsons["jetson-nano"]["runtime_paths"] == ["native-c", "trtexec"]
+    assert jetsons["jetson-agx-xavier"]["runtime_paths"] == ["tensorrt", "python-ort", "native-c", "trtexec"]
+    text = _cli("devices").stdout
+    assert "runtime paths" in text and "JetPack 4.6.1+: Python 3.6" in text
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda s: {**s, "python": "3.6"}, "ships Python 3.6; path tensorrt needs Python 3.8+"),
+    (lambda s: {**s, "tensorrt": ""}, "has no TensorRT for path trtexec"),
+    (lambda s: {**s, "tensorrt": "10.3"}, "is not among the profile's tensorrt_versions"),
+    (lambda s: {**s, "paths": [*s["paths"], "tflite"]}, "unknown runtime path 'tflite'"),
+])
+def test_a_stack_cannot_claim_a_path_its_software_rules_out(edit, problem):
+    d = get_profile("jetson-xavier-nx").to_dict()
+    d["stacks"] = [edit(d["stacks"][0])]
+    d["runtime_paths"] = []  # derived from the stacks again
+    assert any(problem in p for p in check_profile(DeviceProfile.from_dict(d))), problem
+
+
+def test_a_jetson_lists_its_stacks_and_its_paths_are_theirs():
+    d = get_profile("jetson-orin-nx").to_dict()
+    assert any("runtime_paths" in p for p in check_profile(DeviceProfile.from_dict({**d, "runtime_paths": ["native-c"]})))
+    assert any("JetPack stacks" in p for p in check_profile(DeviceProfile.from_dict({**d, "stacks": []})))
+    cpu = get_profile("cpu-x86").to_dict()
+    assert any("need TensorRT" in p for p in check_profile(DeviceProfile.from_dict({**cpu, "runtime_paths": ["trtexec", "native-c"]})))
+
+
 def test_cli_devices_detect_json():
     res = _cli("devices", "detect", "--json")
     assert res.returncode == 0, res.stderr
     found = json.loads(res.stdout)
     assert found["profile"] == detect()["profile"] and found["evidence"]
+
+
+def test_the_readme_jetson_table_is_the_profiles_data():
+    """README's "On your Jetson" table says what the profiles say, row for row (and misses no Jetson)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("| profile | JetPack |")
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in readme[start:].split("\n\n")[0].splitlines()[2:]]
+    documented = {}
+    for names, jetpack, ubuntu, python, cuda, trt, paths in rows:
+        for name in names.split(", "):
+            documented[(name, jetpack)] = (ubuntu, python, cuda, trt, paths)
+    actual = {(p.name, s.jetpack): (s.ubuntu, s.python, s.cuda, s.tensorrt, ", ".join(s.paths))
+              for p in list_profiles() for s in p.stacks}
+    assert documented == actual
