@@ -10,7 +10,7 @@ DEMO_MODEL ?= models/mamba-tiny.pt
 HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
 
-.PHONY: install cross-tools demo test clean bench bench-native mutate mutate-report quant-bench import-bench profile-bench
+.PHONY: install install-min cross-tools demo test clean bench bench-native mutate mutate-report quant-bench import-bench profile-bench
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,27 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[export,sign,plot,test]'
 	$(PY) -m pip install -q --no-deps tensorrt-stubs
+	touch $@
+
+# A second venv with the oldest versions the device side claims (pyproject's lower bounds, pinned
+# by tests/min_deps.py, plus the click a Python 3.8 device gets) and edgelm without its extras:
+# tests/test_device_python.py runs `edgelm run/profile/eval/devices/build` there. It is built on
+# Python 3.8, JetPack 5's, where one is installed (on PATH, or pyenv's as on these machines), else
+# on $(PYTHON); PYTHON_MIN overrides (a Python that numpy 1.24 has wheels for: 3.8-3.11).
+VENV_MIN ?= .venv-min
+PYTHON_38 := $(firstword $(foreach p,python3.8 $(wildcard $(HOME)/.pyenv/versions/3.8*/bin/python3.8),\
+	$(shell $(p) -c 'import sys; print("$(p)" if sys.version_info[:2] == (3, 8) else "")' 2>/dev/null)))
+PYTHON_MIN ?= $(or $(PYTHON_38),$(PYTHON))
+
+install-min: $(VENV_MIN)/.installed
+
+$(VENV_MIN)/.installed: pyproject.toml Makefile tests/min_deps.py $(VENV)/.installed
+	test -x $(VENV_MIN)/bin/python || $(PYTHON_MIN) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python -m pip install -q -U pip
+	$(PY) tests/min_deps.py > $(VENV_MIN)/requirements-min.txt
+	$(VENV_MIN)/bin/python -m pip install -q -r $(VENV_MIN)/requirements-min.txt
+	$(VENV_MIN)/bin/python -m pip install -q --no-deps -e .
+	$(VENV_MIN)/bin/python -m pip check
 	touch $@
 
 # The native C target compiles with the host's C compiler (gcc); its tests also cross-compile for
@@ -49,9 +70,10 @@ demo: install
 
 # One pytest-xdist worker per core: the suite is single-threaded work (ONNX Runtime on one thread).
 # Resident-memory tests (marked serial) then run alone in a fresh process.
-test: install cross-tools
-	$(PY) -m pytest -q -n auto -m "not serial"
-	$(PY) -m pytest -q -m serial
+# EDGELM_MIN_VENV: the device-side test fails (not skips) when install-min did not make it.
+test: install install-min cross-tools
+	EDGELM_MIN_VENV=$(abspath $(VENV_MIN)) $(PY) -m pytest -q -n auto -m "not serial"
+	EDGELM_MIN_VENV=$(abspath $(VENV_MIN)) $(PY) -m pytest -q -m serial
 
 # Issue 13's benchmark, one run on this machine (~40 min on 2 cores; not part of CI): edgelm's fp32 /
 # fp16 / w8a8 / w4 bundles against PyTorch eager (oneDNN on and off), torch.ao dynamic int8, a plain
@@ -113,4 +135,4 @@ profile-bench: install
 	$(PY) bench/profile_bench.py --out bench/results/profile_bench.json
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(VENV_MIN) build dist *.egg-info

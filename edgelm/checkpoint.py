@@ -13,6 +13,10 @@ safetensors, char-RNN state dicts): edgelm/importers/.
 
 from __future__ import annotations
 
+from .python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import pickle
 import warnings
 import zipfile

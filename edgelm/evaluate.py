@@ -8,6 +8,10 @@ bytes 0..t-1. So a text of N bytes scores N predictions. A uniform model scores 
 
 from __future__ import annotations
 
+from .python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import math
 from pathlib import Path
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from .python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import torch
 
 from .errors import EdgelmError

@@ -10,6 +10,10 @@ The last `val_fraction` of the concatenated corpus is held out and reported as b
 
 from __future__ import annotations
 
+from .python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import hashlib
 import math
 import os

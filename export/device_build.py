@@ -23,8 +23,9 @@ def build_bundle(bundle_dir: str | Path) -> list[Artifact]:
     has_c = fmt.NATIVE_SOURCES[1] in manifest.files
     if not engines and not has_c:
         why = manifest.validation.get("native", {}).get("status", "none: exported before the native C target")
+        why = why[len("none: "):] if why.startswith("none: ") else why  # not removeprefix: Python 3.8
         raise EdgelmError(f"{bundle_dir} has nothing to build here: its target {manifest.target['name']} has no "
-                          f"TensorRT and the bundle carries no C ({why.removeprefix('none: ')})")
+                          f"TensorRT and the bundle carries no C ({why})")
     arts = []
     if has_c and (not engines or compiler() is not None):
         arts.append(build_native(bundle_dir))

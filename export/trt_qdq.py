@@ -28,6 +28,10 @@ entry point is trt_ops.qdq_problems (this module imports nothing from trt_ops: n
 
 from __future__ import annotations
 
+from ..python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import math
 from dataclasses import dataclass
 

@@ -42,16 +42,28 @@ def _copy_sources(dest: Path) -> None:
         (dest / "README.md").write_text("edgelm\n")
 
 
-@pytest.mark.slow
-def test_wheel_installs_without_torch_and_runs_a_bundle(bundle_dir, tmp_path):
-    bundle = bundle_dir("mamba")
-    env = {**os.environ, "PIP_CACHE_DIR": str(tmp_path / "pip-cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+def _env(tmp: Path) -> dict:
+    env = {**os.environ, "PIP_CACHE_DIR": str(tmp / "pip-cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)
-    env["EDGELM_TEST_CWD"] = str(tmp_path)
-    src, dist, venv = tmp_path / "src", tmp_path / "dist", tmp_path / "venv"
+    env["EDGELM_TEST_CWD"] = str(tmp)
+    return env
+
+
+@pytest.fixture(scope="module")
+def core_wheel(tmp_path_factory) -> Path:
+    """The wheel built from a copy of the source tree (tests/test_device_python.py reads its metadata)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src, dist = tmp / "src", tmp / "dist"
     _copy_sources(src)
-    _sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, src], env)
-    wheel = next(dist.glob("edgelm-*.whl"))
+    _sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, src], _env(tmp))
+    return next(dist.glob("edgelm-*.whl"))
+
+
+@pytest.mark.slow
+def test_wheel_installs_without_torch_and_runs_a_bundle(bundle_dir, core_wheel, tmp_path):
+    bundle = bundle_dir("mamba")
+    env = _env(tmp_path)
+    venv, wheel = tmp_path / "venv", core_wheel
     _sh([sys.executable, "-m", "venv", venv], env)
     py, edgelm = venv / "bin" / "python", venv / "bin" / "edgelm"
     _sh([py, "-m", "pip", "install", "-q", wheel], env)

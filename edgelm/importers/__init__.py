@@ -7,3 +7,7 @@ runs code from a file; edgelm/checkpoint.py (`load_checkpoint`) picks the reader
   a state dict     a classic char-RNN: Embedding + nn.LSTM/nn.GRU + Linear (charrnn.py)
 A new format is a module here and a branch in checkpoint.load_checkpoint.
 """
+
+from ..python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do

@@ -12,6 +12,10 @@ new file here. common.py holds the shared pieces and explains why the forms look
 
 from __future__ import annotations
 
+from ...python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import importlib
 
 import torch

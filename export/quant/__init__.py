@@ -18,6 +18,10 @@ so `edgelm eval` of a quantized checkpoint runs the very module `edgelm export` 
 
 from __future__ import annotations
 
+from ...python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 from pathlib import Path
 
 from .calibrate import MIN_CALIB_BYTES

@@ -99,6 +99,7 @@ class OrtBackend(Backend):
         self._ort = ort
         providers = _check_providers(ort, device)
         self._data: dict[str, np.ndarray] = {}  # weights files, kept alive as long as the sessions
+        self._initializers: list = []  # older ONNX Runtime: per-initializer views of _data
         self.sessions = {g: self._session(g, threads, providers) for g in ("step", "prefill")}
         got = self.sessions["step"].get_providers()
         if got[0] != providers[0]:
@@ -114,11 +115,11 @@ class OrtBackend(Backend):
         for name in spec.data:
             if name not in self._data:
                 self._data[name] = np.frombuffer(self.bundle.read(name), np.uint8)
+        model = self.bundle.read(spec.file)
         if spec.data:
-            buffers = [self._data[n] for n in spec.data]
-            opts.add_external_initializers_from_files_in_memory(list(spec.data), buffers, [len(b) for b in buffers])
+            self._add_weights(opts, spec, model)
         try:
-            sess = self._ort.InferenceSession(self.bundle.read(spec.file), opts, providers=providers,
+            sess = self._ort.InferenceSession(model, opts, providers=providers,
                                               disabled_optimizers=disabled_optimizers(self.bundle.manifest.precision))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own classes for bad graphs
             first = (str(exc).strip().splitlines() or ["no details"])[0][:200]
@@ -126,6 +127,14 @@ class OrtBackend(Backend):
                               "re-export the bundle") from None
         self.bundle.check_io(graph, _io(sess.get_inputs()), _io(sess.get_outputs()))
         return sess
+
+    def _add_weights(self, opts, spec, model: bytes) -> None:
+        """Hand the graph its weights from memory (runtime/onnx_data.py: whole files on ONNX Runtime
+        1.24+, one array per initializer on older releases, all that Python 3.8 has)."""
+        from ..onnx_data import add_weights
+
+        files = {n: self._data[n] for n in spec.data}
+        self._initializers += add_weights(self._ort, opts, model, files, f"{spec.file} in {self.bundle.path}")
 
     def _binding(self, graph: str, batch: int):
         key = (graph, batch, self.parity)

@@ -12,12 +12,16 @@ torch is imported only when this backend is picked.
 from __future__ import annotations
 
 from ...errors import EdgelmError
+from ...python_support import COMPILER_PYTHON, compiler_side_runs, dotted
 from .base import Backend
 
 MISSING = "torch is not installed; pip install 'edgelm[export]'"
 
 
 def available() -> str | None:
+    if not compiler_side_runs():  # the export extra installs no torch there
+        return (f"the torch backend needs torch, which edgelm installs on Python {dotted(COMPILER_PYTHON)}+ only; "
+                "use --backend onnxruntime or native here")
     try:
         import torch  # noqa: F401
     except ImportError:
