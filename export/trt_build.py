@@ -8,18 +8,24 @@ TensorRT Python API) writes one engine per graph, `engine.plan` (step) and `engi
 changes neither the id nor a signature. edgelm's runtime uses only engines recorded there;
 build_engine.sh builds the same engines for apps that drive TensorRT themselves.
 
-Engines are built strongly typed: precision lives in the ONNX graph (fp16 casts, Q/DQ), and no
-FP16/INT8 builder flag is ever set. TensorRT 11 is strongly typed only; 10.x supports it via the
-STRONGLY_TYPED network flag. Written against the 10.x/11.x Python API; type-checked against
-`tensorrt-stubs` (tests/test_trt_build.py).
+Precision lives in the ONNX graph (fp16 casts, Q/DQ). Where TensorRT can build strongly typed (the
+STRONGLY_TYPED network flag from 9.0; 11 is strongly typed only) it does, and no precision flag is
+set; TensorRT 8.x builds weakly typed, so the bundle's precision is allowed by its builder flag
+(FP16, or INT8, which 8.x needs for explicit Q/DQ graphs). The installed TensorRT's version picks
+the builder API (`BuilderApi`, from NVIDIA's Python API reference and "API Changes" tables of each
+release): 8.x networks need EXPLICIT_BATCH for the ONNX parser; the workspace is
+max_workspace_size before 8.4 and a memory pool limit since; the optimization level exists from
+8.6. The 10.x/11.x calls are type-checked against `tensorrt-stubs` (tests/test_trt_build.py); the
+8.x ones, which have no stubs, run against tests/trt_standin_v8.py.
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Dict, Tuple
 
 from ..devices import DeviceProfile, get_profile
 from ..errors import EdgelmError
@@ -38,7 +44,16 @@ MIB = 1 << 20
 MIN_WORKSPACE, MAX_WORKSPACE = 256 * MIB, 4096 * MIB
 OPT_STREAMS = 8  # the optimization profile's tuned batch (capped by max_streams)
 
-Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+# When the builder API features used below arrived in TensorRT (see BuilderApi).
+MEMORY_POOLS = (8, 4)  # IBuilderConfig.set_memory_pool_limit (before: max_workspace_size, gone in 10.0)
+OPTIMIZATION_LEVELS = (8, 6)  # IBuilderConfig.builder_optimization_level
+STRONG_TYPING = (9, 0)  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (11: strongly typed only)
+EXPLICIT_BATCH_ONLY = (10, 0)  # before: the ONNX parser needs an EXPLICIT_BATCH network
+PARSER_OPERATOR = (9, 1)  # ParserError.node_operator()
+ENGINE_MEMORY_V2 = (10, 1)  # ICudaEngine.device_memory_size_v2 (before: device_memory_size)
+BUILDER_FLAGS = {"--fp16": "FP16", "--int8": "INT8"}  # a precision's trt8_flag -> its BuilderFlag
+
+Shapes = Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]]
 
 
 # ---------------------------------------------------------------- pure helpers (tested anywhere)
@@ -86,9 +101,9 @@ def trtexec_args(manifest: Manifest, profile: DeviceProfile, graph: str = "step"
         args.append(flag)
     args += [f"--{kind}Shapes={_shape_arg(shapes, i)}" for i, kind in enumerate(("min", "opt", "max"))]
     mib = workspace_bytes(profile) // MIB
-    args.append(f"--memPoolSize=workspace:{mib}M" if trt_version >= (8, 4) else f"--workspace={mib}")
+    args.append(f"--memPoolSize=workspace:{mib}M" if trt_version >= MEMORY_POOLS else f"--workspace={mib}")
     args.append(f"--timingCacheFile={fmt.TIMING_CACHE}")
-    if trt_version >= (8, 6):
+    if trt_version >= OPTIMIZATION_LEVELS:
         args.append(f"--builderOptimizationLevel={profile.builder_optimization_level}")
     return args
 
@@ -165,38 +180,85 @@ def _errors(messages: list[str], limit: int = 5) -> str:
     return " | ".join(m.replace("\n", " ") for m in errs[-limit:]) or "no message from TensorRT"
 
 
-def _network_flags() -> int:
-    import tensorrt as trt
+@dataclass(frozen=True)
+class BuilderApi:
+    """The Python builder API of the installed TensorRT, from its version: which calls build_engine
+    makes (see the feature versions above), recorded with each engine it builds."""
 
-    # TensorRT 10: ask for strong typing; 11: strongly typed and explicit batch are implied.
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 1 << int(strongly_typed) if strongly_typed is not None else 0
+    version: tuple[int, int]
+
+    @classmethod
+    def installed(cls) -> BuilderApi:
+        import tensorrt as trt
+
+        return cls(_version_tuple(trt.__version__))
+
+    @property
+    def strongly_typed(self) -> bool:
+        return self.version >= STRONG_TYPING
+
+    def network_flags(self) -> list[str]:
+        """EXPLICIT_BATCH where the ONNX parser needs it; STRONGLY_TYPED where it exists (11 dropped
+        the flag: strong typing is implied there)."""
+        import tensorrt as trt
+
+        flags = [] if self.version >= EXPLICIT_BATCH_ONLY else ["EXPLICIT_BATCH"]
+        if self.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+            flags.append("STRONGLY_TYPED")
+        return flags
+
+    def precision_flags(self, precision: str) -> list[str]:
+        """The BuilderFlag that allows the graph's precision when building weakly typed; none when
+        strongly typed (precision is the graph's own there)."""
+        flag = precision_of(precision).trt8_flag
+        return [] if self.strongly_typed or flag is None else [BUILDER_FLAGS[flag]]
+
+    def record(self, precision: str, profile: DeviceProfile) -> dict:
+        """What the build used, for the engine's artifact info."""
+        level = profile.builder_optimization_level if self.version >= OPTIMIZATION_LEVELS else None
+        return {"network_flags": self.network_flags(), "precision_flags": self.precision_flags(precision),
+                "workspace": "set_memory_pool_limit" if self.version >= MEMORY_POOLS else "max_workspace_size",
+                "optimization_level": level}
 
 
-def _network_from_onnx(builder: trt.Builder, logger: trt.ILogger, onnx: bytes,
+def _network_from_onnx(builder: trt.Builder, logger: trt.ILogger, api: BuilderApi, onnx: bytes,
                        onnx_path: Path) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
     """Parse a graph from its verified bytes (its weights file is read beside `onnx_path`); the
     parser is returned too because it owns the weights' memory."""
     import tensorrt as trt
 
-    network = builder.create_network(_network_flags())
+    flags = sum(1 << int(getattr(trt.NetworkDefinitionCreationFlag, f)) for f in api.network_flags())
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx, str(onnx_path)):
-        errors = []
-        for i in range(parser.num_errors):
-            err: trt.ParserError = parser.get_error(i)
-            errors.append(f"node {err.node()} ({err.node_operator()}): {err.desc()}")
+        errors = [_parser_error(parser.get_error(i), api) for i in range(parser.num_errors)]
         raise EdgelmError(f"TensorRT could not parse {onnx_path}: {' | '.join(errors) or 'unknown error'}")
     return network, parser
 
 
-def _builder_config(builder: trt.Builder, profile: DeviceProfile) -> trt.IBuilderConfig:
-    """Workspace from the device's memory budget and its optimization level; no precision flags."""
+def _parser_error(err: trt.ParserError, api: BuilderApi) -> str:
+    """One parser error: its node, the node's operator where the API names it (9.1+), the text."""
+    if api.version >= PARSER_OPERATOR:
+        return f"node {err.node()} ({err.node_operator()}): {err.desc()}"
+    return f"node {err.node()}: {err.desc()}"
+
+
+def _builder_config(builder: trt.Builder, profile: DeviceProfile, api: BuilderApi,
+                    precision: str) -> trt.IBuilderConfig:
+    """Workspace from the device's memory budget, its optimization level where the API has one,
+    and the precision flag a weakly typed build needs."""
     import tensorrt as trt
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes(profile))
-    config.builder_optimization_level = profile.builder_optimization_level
+    if api.version >= MEMORY_POOLS:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes(profile))
+    else:  # TensorRT 8.0-8.3 (no stubs: checked by tests/trt_standin_v8.py)
+        legacy: Any = config
+        legacy.max_workspace_size = workspace_bytes(profile)
+    if api.version >= OPTIMIZATION_LEVELS:
+        config.builder_optimization_level = profile.builder_optimization_level
+    for flag in api.precision_flags(precision):
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     return config
 
 
@@ -222,14 +284,14 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
     atomic_write_bytes(path, bytes(config.get_timing_cache().serialize()))
 
 
-def _build_plan(bundle: Bundle, graph: str, profile: DeviceProfile, verbose: bool) -> bytes:
+def _build_plan(bundle: Bundle, graph: str, profile: DeviceProfile, api: BuilderApi, verbose: bool) -> bytes:
     import tensorrt as trt
 
     logger, messages = _make_logger(verbose)
     builder = trt.Builder(logger)
     spec = bundle.manifest.graphs[graph]
-    network, _parser = _network_from_onnx(builder, logger, bundle.read(spec.file), bundle.path / spec.file)
-    config = _builder_config(builder, profile)
+    network, _parser = _network_from_onnx(builder, logger, api, bundle.read(spec.file), bundle.path / spec.file)
+    config = _builder_config(builder, profile, api, bundle.manifest.precision)
     _add_profile(builder, config, profile_shapes(spec.inputs, bundle.max_streams))
     _timing_cache(config, bundle.path / fmt.TIMING_CACHE)
     plan = builder.build_serialized_network(network, config)
@@ -239,7 +301,7 @@ def _build_plan(bundle: Bundle, graph: str, profile: DeviceProfile, verbose: boo
     return bytes(plan)
 
 
-def _engine_memory(plan: bytes) -> dict:
+def _engine_memory(plan: bytes, api: BuilderApi) -> dict:
     """Device memory (and total weight bytes where the API reports it) of a serialized engine."""
     import tensorrt as trt
 
@@ -247,7 +309,7 @@ def _engine_memory(plan: bytes) -> dict:
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
         raise EdgelmError(f"TensorRT could not load the engine it just built: {_errors(messages)}")
-    if hasattr(engine, "device_memory_size_v2"):
+    if api.version >= ENGINE_MEMORY_V2:
         memory = int(engine.device_memory_size_v2)
     else:
         memory = int(engine.device_memory_size)
@@ -258,14 +320,15 @@ def _engine_memory(plan: bytes) -> dict:
     return {"device_memory_bytes": memory, "weights_bytes": weights}
 
 
-def _artifact(bundle: Bundle, graph: str, plan: bytes) -> Artifact:
+def _artifact(bundle: Bundle, graph: str, plan: bytes, api: BuilderApi, profile: DeviceProfile) -> Artifact:
     import hashlib
 
     import tensorrt as trt
 
     from ..devices import detect
 
-    info = {**_engine_memory(plan), "tensorrt_version": trt.__version__,
+    info = {**_engine_memory(plan, api), "tensorrt_version": trt.__version__,
+            "tensorrt_api": api.record(bundle.manifest.precision, profile),
             "built_on": detect().get("gpu_name", "unknown GPU")}
     return Artifact(fmt.ENGINES[graph], hashlib.sha256(plan).hexdigest(), len(plan), "tensorrt-engine", graph,
                     bundle.bundle_id, info)
@@ -282,9 +345,9 @@ def build_engine(bundle_dir: str | Path, verbose: bool = False) -> list[Artifact
     if not _tensorrt_available():
         raise EdgelmError(f"TensorRT is not installed here; copy {bundle_dir} to the device and run "
                           f"`edgelm build {bundle_dir}` there")
-    profile = _target_profile(bundle.manifest)
-    plans = {graph: _build_plan(bundle, graph, profile, verbose) for graph in fmt.GRAPHS}
-    artifacts = [_artifact(bundle, graph, plan) for graph, plan in plans.items()]
+    profile, api = _target_profile(bundle.manifest), BuilderApi.installed()
+    plans = {graph: _build_plan(bundle, graph, profile, api, verbose) for graph in fmt.GRAPHS}
+    artifacts = [_artifact(bundle, graph, plan, api, profile) for graph, plan in plans.items()]
     for art in artifacts:
         atomic_write_bytes(bundle.path / art.file, plans[art.graph])
     fmt.write(bundle.path, bundle.manifest.with_built(artifacts))

@@ -1,11 +1,13 @@
 """The tensorrt backend, run: engines built by the real `build_engine` and run by
-`Session.open(bundle, backend="tensorrt")` against tests/trt_standin.py (TensorRT 10 and cudart
+`Session.open(bundle, backend="tensorrt")` against tests/trt_standin.py (TensorRT and cudart
 stand-ins that compute each step with the bundle's ONNX graph on fake device memory).
 
 On bundles exported from the committed trained models for an H100, every result must equal the
 onnxruntime backend's on the same bundle: the bytes of greedy, sampled and batched generation and
-of snapshot/restore, and logits and state within 1e-5. The last part plants bugs in copies of
-runtime/backends/trt.py and export/trt_build.py and shows these checks fail on each.
+of snapshot/restore, and logits and state within 1e-5; on TensorRT 10 and, with engines rebuilt
+there, on the 8.5 and 8.2 API generations (whose INT32 binding takes these int64 byte ids). The
+last part plants bugs in copies of runtime/backends/trt.py and export/trt_build.py and shows these
+checks fail on each. tests/test_trt_generations.py covers the Jetson targets of each generation.
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ def bundle(tmp_path_factory):
             ts.build_engines(out)
             made[arch] = out
         return made[arch]
+    return get
+
+
+@pytest.fixture(scope="module")
+def bundle_on(bundle, tmp_path_factory):
+    """bundle_on(arch, api): a copy of bundle(arch) with its engines rebuilt by the `api` stand-in
+    ("8.2", "8.5"; "10" is bundle(arch) itself). Cached per module."""
+    base, made = tmp_path_factory.mktemp("trt-api"), {}
+
+    def get(arch: str, api: str) -> Path:
+        if api == "10":
+            return bundle(arch)
+        if (arch, api) not in made:
+            made[arch, api] = shutil.copytree(bundle(arch), base / f"{arch}-{api}")
+            ts.build_engines(made[arch, api], api=api)
+        return made[arch, api]
     return get
 
 
@@ -153,7 +171,8 @@ def test_standin_enums_match_the_stubs():
     if spec is None or spec.origin is None:
         pytest.skip("tensorrt-stubs is not installed")
     text = (Path(spec.origin).parent.parent / "tensorrt_bindings" / "tensorrt.pyi").read_text()
-    for enum in (ts.DataType, ts.TensorIOMode, ts.MemoryPoolType, ts.NetworkDefinitionCreationFlag, ts.Severity):
+    for enum in (ts.DataType, ts.TensorIOMode, ts.MemoryPoolType, ts.NetworkDefinitionCreationFlag, ts.Severity,
+                 ts.BuilderFlag):
         assert {m.name: m.value for m in enum} == _stub_enum(text, enum.__name__), enum.__name__
     assert ts.TRT_VERSION in (Path(spec.origin).parent.parent / "tensorrt" / "__init__.pyi").read_text()
 
@@ -198,11 +217,13 @@ def test_engines_are_recorded_and_tied_to_their_graphs(bundle):
     assert cache is not None and cache.device == ts.GPU and len(cache.entries) == 2
 
 
-@pytest.mark.parametrize("arch", ["lstm", "mamba"])
-def test_tensorrt_equals_onnxruntime(bundle, reference, gpu, arch):
-    path = bundle(arch)
-    with Session.open(path, backend="tensorrt", max_streams=STREAMS) as sess:
-        assert sess.describe() == f"tensorrt {ts.TRT_VERSION}"
+# Every generation with a scenario of streams, sampling and snapshots (the 8.x runs feed int64
+# bundles through INT32 bindings); tests/test_trt_generations.py runs each on its own Jetson's bundle.
+@pytest.mark.parametrize("arch, api", [("lstm", "10"), ("mamba", "10"), ("mamba", "8.5"), ("lstm", "8.2")])
+def test_tensorrt_equals_onnxruntime(bundle_on, reference, arch, api):
+    path = bundle_on(arch, api)
+    with ts.installed(api=api) as gpu, Session.open(path, backend="tensorrt", max_streams=STREAMS) as sess:
+        assert sess.describe() == f"tensorrt {ts.API_VERSIONS[api]}"
         got = scenario(sess)
         assert_same(got, reference(arch))
         # snapshots cross backends both ways
@@ -216,6 +237,8 @@ def test_tensorrt_equals_onnxruntime(bundle, reference, gpu, arch):
     dev = gpu.device
     assert dev.graph_launches > 0 and dev.kernel_runs == dev.graph_launches + dev.captures  # graphs replayed
     assert not dev.allocations and dev.sticky is None  # closing freed every device buffer
+    enqueue, other = ("execute_async_v2", "execute_async_v3")[::1 if api == "8.2" else -1]
+    assert dev.calls[enqueue] == 2 * dev.captures and not dev.calls[other]  # per (engine, batch): direct + captured
 
 
 def test_auto_picks_tensorrt_with_the_bundles_streams(bundle, gpu):
@@ -242,15 +265,17 @@ def test_the_tensorrt_backend_profiles_with_its_engine_memory(bundle, gpu):
     assert not gpu.device.allocations
 
 
+@pytest.mark.parametrize("api", ["10", "8.2"])
 @pytest.mark.parametrize("capture", ["refuse", "invalidate"])
-def test_engines_that_cannot_be_captured_run_directly(bundle, reference, capture):
-    with ts.installed(capture=capture) as gpu, \
-            Session.open(bundle("lstm"), backend="tensorrt", max_streams=STREAMS) as sess:
+def test_engines_that_cannot_be_captured_run_directly(bundle_on, reference, capture, api):
+    with ts.installed(capture=capture, api=api) as gpu, \
+            Session.open(bundle_on("lstm", api), backend="tensorrt", max_streams=STREAMS) as sess:
         assert_same(scenario(sess), reference("lstm"))
         assert gpu.device.graph_launches == 0 and gpu.device.captures == 4  # once per (engine, batch)
 
 
 @pytest.mark.parametrize("device, why", [({"tensorrt_version": "10.14.1.48"}, "TensorRT version"),
+                                         ({"api": "8.5"}, "TensorRT version"), ({"api": "8.2"}, "TensorRT version"),
                                          ({"compute_capability": "8.7"}, "GPU")])
 def test_engine_from_another_tensorrt_or_gpu_is_refused(bundle, device, why):
     with ts.installed(**device):
@@ -300,19 +325,17 @@ BUGS = {
         "        _ck(self.cudart.cudaMemcpyAsync(dst, src.ctypes.data,",
         "kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost\n"
         "        _ck(self.cudart.cudaMemcpyAsync(src.ctypes.data, dst,"),
-    "state in/out addresses swapped": (
-        "ctx.set_tensor_address(s.input, src)\n            ctx.set_tensor_address(s.output, dst)",
-        "ctx.set_tensor_address(s.input, dst)\n            ctx.set_tensor_address(s.output, src)"),
+    "state in/out addresses swapped": ("io.bind(s.input, src, (batch, *s.shape))\n            io.bind(s.output, dst)",
+                                       "io.bind(s.input, dst, (batch, *s.shape))\n            io.bind(s.output, src)"),
     "ids/logits addresses swapped": (
-        'ctx.set_tensor_address("byte_ids", self.d_ids)\n        ctx.set_tensor_address("logits", self.d_logits)',
-        'ctx.set_tensor_address("byte_ids", self.d_logits)\n        ctx.set_tensor_address("logits", self.d_ids)'),
-    "state shape batch 1": ("ctx.set_input_shape(s.input, (batch, *s.shape))", "ctx.set_input_shape(s.input, (1, *s.shape))"),
-    "ids shape batch 1": ('ctx.set_input_shape("byte_ids", (batch, *self.ids_shape))',
-                          'ctx.set_input_shape("byte_ids", (1, *self.ids_shape))'),
-    "ids shape without the chunk": ('ctx.set_input_shape("byte_ids", (batch, *self.ids_shape))',
-                                    'ctx.set_input_shape("byte_ids", (batch,))'),
-    "state shape reversed": ("ctx.set_input_shape(s.input, (batch, *s.shape))",
-                             "ctx.set_input_shape(s.input, (*s.shape, batch))"),
+        'io.bind("byte_ids", self.d_ids, (batch, *self.ids_shape))\n        io.bind("logits", self.d_logits)',
+        'io.bind("byte_ids", self.d_logits, (batch, *self.ids_shape))\n        io.bind("logits", self.d_ids)'),
+    "state shape batch 1": ("io.bind(s.input, src, (batch, *s.shape))", "io.bind(s.input, src, (1, *s.shape))"),
+    "ids shape batch 1": ('io.bind("byte_ids", self.d_ids, (batch, *self.ids_shape))',
+                          'io.bind("byte_ids", self.d_ids, (1, *self.ids_shape))'),
+    "ids shape without the chunk": ('io.bind("byte_ids", self.d_ids, (batch, *self.ids_shape))',
+                                    'io.bind("byte_ids", self.d_ids, (batch,))'),
+    "state shape reversed": ("io.bind(s.input, src, (batch, *s.shape))", "io.bind(s.input, src, (*s.shape, batch))"),
     "prefill runs the step engine": ("self.engines[graph].run(", 'self.engines["step"].run('),
     "prefill engine from the step plan": ("_Engine(runtime, plan, self, g)", '_Engine(runtime, plans["step"], self, g)'),
     "prefill reads the step ids": ('ids = backend.ids_prefill if graph == "prefill" else backend.ids_step',

@@ -13,7 +13,7 @@ import pytest
 from edgelm.devices import get_profile
 from edgelm.errors import EdgelmError
 from edgelm.export import trt_build
-from edgelm.export.trt_build import (build_engine, build_engine_script, profile_shapes, trtexec_args,
+from edgelm.export.trt_build import (BuilderApi, build_engine, build_engine_script, profile_shapes, trtexec_args,
                                      workspace_bytes)
 from edgelm.runtime import manifest as fmt
 from edgelm.runtime.bundle import load_bundle
@@ -54,9 +54,11 @@ def test_mypy_check_catches_tensorrt_api_typos(trt_stubs, tmp_path):
 
 def test_trt_standin_typechecks_against_tensorrt_stubs(trt_stubs, tmp_path):
     """tests/trt_standin.py subclasses the stubs' classes: its methods are checked as overrides, so
-    the stand-in the backend tests run against cannot drift from the TensorRT 10 API."""
-    res = _mypy(trt_stubs, REPO / "tests" / "trt_standin.py")
-    assert res.returncode == 0, res.stdout + res.stderr
+    the stand-in the backend tests run against cannot drift from the TensorRT 10 API. (The 8.x
+    stand-ins, which have no stubs to follow, are type-checked as code too.)"""
+    for standin in ("trt_standin.py", "trt_standin_v8.py"):
+        res = _mypy(trt_stubs, REPO / "tests" / standin)
+        assert res.returncode == 0, res.stdout + res.stderr
     src = (REPO / "tests" / "trt_standin.py").read_text()
     for old, new, error in [("def set_tensor_address(self, name: str, memory: int)",
                              "def set_tensor_address(self, name: str, memory: int, size: int)",
@@ -130,6 +132,18 @@ def test_profile_shapes_from_max_streams():
     assert profile_shapes(STEP_INPUTS, 1)["byte_ids"] == ((1,), (1,), (1,))
     prefill = profile_shapes(graph_io(STATE, CHUNK)[0], 32)
     assert prefill["byte_ids"] == ((1, CHUNK), (8, CHUNK), (32, CHUNK))
+
+
+@pytest.mark.parametrize("version, strongly_typed, flags", [
+    ((8, 2), False, {"fp32": [], "fp16": ["FP16"], "int8": ["INT8"]}),  # weakly typed: precision by flag
+    ((8, 6), False, {"fp32": [], "fp16": ["FP16"], "int8": ["INT8"]}),
+    ((9, 0), True, {"fp32": [], "fp16": [], "int8": []}),  # STRONGLY_TYPED: precision is the graph's
+    ((10, 3), True, {"fp32": [], "fp16": [], "int8": []}),
+    ((11, 0), True, {"fp32": [], "fp16": [], "int8": []})])
+def test_builder_precision_flags_by_tensorrt_version(version, strongly_typed, flags):
+    api = BuilderApi(version)
+    assert api.strongly_typed == strongly_typed
+    assert {p: api.precision_flags(p) for p in flags} == flags
 
 
 def test_workspace_from_device_memory_budget():
@@ -339,6 +353,8 @@ def test_build_engine_flow_with_fake_tensorrt(tmp_path, monkeypatch, trt11):
     assert loaded.read_artifact(step) == b"PLAN"
     assert step.info["device_memory_bytes"] == 1234 and step.info["weights_bytes"] == (4096 if trt11 else None)
     assert step.info["tensorrt_version"] == ("11.0.0" if trt11 else "10.3.0.30") and step.info["built_on"]
+    assert step.info["tensorrt_api"] == {"network_flags": [] if trt11 else ["STRONGLY_TYPED"], "precision_flags": [],
+                                         "workspace": "set_memory_pool_limit", "optimization_level": 3}
     build_engine(bundle)  # rebuild reuses the timing cache
     assert calls["cache_in"] == [b"", b"CACHE", b"CACHE", b"CACHE"]
 

@@ -1,5 +1,8 @@
 """A stand-in for the parts of TensorRT 10 and cuda-python's cudart that edgelm uses, which really
-computes: an "engine" runs its bundle's ONNX graph in ONNX Runtime on fake device memory.
+computes: an "engine" runs its bundle's ONNX graph in ONNX Runtime on fake device memory. The same
+engines and fake GPU also wear the TensorRT 8.5 and 8.2 Python APIs (Jetson Xavier, Jetson Nano):
+`installed(api="8.5")` / `installed(api="8.2")`, from tests/trt_standin_v8.py, which documents
+them and the NVIDIA documentation they follow.
 
 Why: TensorRT cannot be installed on the development machines, so runtime/backends/trt.py and
 export/trt_build.py would otherwise only ever be type-checked. With `installed()` active,
@@ -12,7 +15,10 @@ Faithful where it matters to the code under test:
   - The API surface is checked against tensorrt-stubs (TensorRT 10): every class below subclasses
     its stub class when type-checking, so mypy checks each method's signature as an override
     (tests/test_trt_build.py runs mypy on this file). Enums mirror the stubs' names and values
-    (tests/test_trt_backend.py compares them).
+    (tests/test_trt_backend.py compares them). Members of another generation's API are absent
+    (`_Absent`: AttributeError on reading and on setting, as on the real pybind11 objects), e.g.
+    IBuilderConfig.max_workspace_size here, builder_optimization_level in 8.x. Members named with a
+    leading underscore and documented "not TensorRT API" are the stand-in's own.
   - A plan is tied to its graph: it holds a header (TensorRT version and GPU it was built for, the
     engine's I/O tensors and optimisation profile, the sha256 of the ONNX graph and of each weights
     file) followed by the graph's ONNX bytes and the weights it reads, and a sha256 trailer. A plan
@@ -44,13 +50,15 @@ real pybind11 binding would convert any object with `__bool__` (0.5 -> True); th
 bool, and a float there is a bug that this stand-in makes fail loudly (TypeError).
 
 Knobs on `Device` for the paths a real GPU takes only sometimes: `capture` ("ok", or "refuse":
-`execute_async_v3` returns False during capture without touching the stream, or "invalidate": it
-breaks the capture). Counters (`kernel_runs`, `graph_launches`, ...) let tests see what ran.
+an enqueue returns False during capture without touching the stream, or "invalidate": it breaks
+the capture); `api` and `tensorrt_version` pick the generation. Counters (`kernel_runs`,
+`graph_launches`, `calls` of the execution context's API, ...) let tests see what ran.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import ctypes
 import enum
@@ -70,7 +78,7 @@ from typing_extensions import override  # typing.override from Python 3.12
 
 if TYPE_CHECKING:  # checked against tensorrt-stubs (TensorRT 10): overrides must match the real API
     from tensorrt import Builder as _BuilderBase
-    from tensorrt import DataType, MemoryPoolType, NetworkDefinitionCreationFlag, TensorIOMode
+    from tensorrt import BuilderFlag, DataType, MemoryPoolType, NetworkDefinitionCreationFlag, TensorIOMode
     from tensorrt import Dims as _DimsBase
     from tensorrt import ExecutionContextAllocationStrategy, IRuntimeConfig, IStreamReader, IStreamReaderV2
     from tensorrt import IBuilderConfig as _ConfigBase
@@ -126,6 +134,38 @@ else:
         PREFER_JIT_PYTHON_PLUGINS = 2
         PREFER_AOT_PYTHON_PLUGINS = 3
 
+    class BuilderFlag(enum.IntEnum):
+        FP16 = 0
+        INT8 = 1
+        DEBUG = 2
+        GPU_FALLBACK = 3
+        REFIT = 4
+        DISABLE_TIMING_CACHE = 5
+        TF32 = 6
+        SPARSE_WEIGHTS = 7
+        SAFETY_SCOPE = 8
+        OBEY_PRECISION_CONSTRAINTS = 9
+        PREFER_PRECISION_CONSTRAINTS = 10
+        DIRECT_IO = 11
+        REJECT_EMPTY_ALGORITHMS = 12
+        VERSION_COMPATIBLE = 13
+        EXCLUDE_LEAN_RUNTIME = 14
+        FP8 = 15
+        ERROR_ON_TIMING_CACHE_MISS = 16
+        BF16 = 17
+        DISABLE_COMPILATION_CACHE = 18
+        WEIGHTLESS = 19
+        STRIP_PLAN = 19  # an alias, as in the stubs
+        REFIT_IDENTICAL = 20
+        WEIGHT_STREAMING = 21
+        INT4 = 22
+        REFIT_INDIVIDUAL = 23
+        STRICT_NANS = 24
+        MONITOR_MEMORY = 25
+        FP4 = 26
+        EDITABLE_TIMING_CACHE = 27
+        DISTRIBUTIVE_INDEPENDENCE = 28
+
     class Severity(enum.IntEnum):
         INTERNAL_ERROR = 0
         ERROR = 1
@@ -135,6 +175,7 @@ else:
 
 
 TRT_VERSION = "10.13.0.35"  # the stubs' version
+API_VERSIONS = {"8.2": "8.2.1.8", "8.5": "8.5.2.2", "10": TRT_VERSION}  # installed(api=...): tensorrt.__version__
 GPU = "NVIDIA H100 80GB HBM3"
 COMPUTE_CAPABILITY = "9.0"
 
@@ -143,6 +184,21 @@ NUMPY_TYPES = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.I
                DataType.UINT8: np.uint8}
 ONNX_TYPES = {1: DataType.FLOAT, 2: DataType.UINT8, 3: DataType.INT8, 6: DataType.INT32, 7: DataType.INT64,
               9: DataType.BOOL, 10: DataType.HALF, 16: DataType.BF16}
+
+
+class _Absent:
+    """A member the installed API generation lacks (e.g. max_workspace_size in 10.x,
+    builder_optimization_level in 8.x): reading or setting it raises AttributeError, as the real
+    pybind11 objects do, so code calling the wrong generation's API fails here too."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        raise AttributeError(f"'tensorrt.{getattr(owner, '__name__', '?')}' object has no attribute '{self.name}'")
+
+    def __set__(self, obj: object, value: object) -> None:
+        raise AttributeError(f"'tensorrt.{type(obj).__name__}' object has no attribute '{self.name}'")
 
 
 def _log(logger: _ILoggerBase | None, severity: Severity, msg: str) -> None:
@@ -238,8 +294,9 @@ class Device:
 
     name: str = GPU
     compute_capability: str = COMPUTE_CAPABILITY
-    tensorrt_version: str = TRT_VERSION
-    capture: str = "ok"  # "ok" | "refuse" | "invalidate": what execute_async_v3 does during capture
+    api: str = "10"  # the Python API generation: "10" (this file), "8.5" or "8.2" (tests/trt_standin_v8.py)
+    tensorrt_version: str = ""  # tensorrt.__version__; by default API_VERSIONS[api]
+    capture: str = "ok"  # "ok" | "refuse" | "invalidate": what an enqueue does during capture
     allocations: dict[int, np.ndarray] = field(default_factory=dict)  # base address -> bytes
     streams: dict[int, _Stream] = field(default_factory=lambda: {0: _Stream()})  # 0: the legacy stream
     sticky: cudaError_t | None = None
@@ -247,8 +304,17 @@ class Device:
     graph_launches: int = 0
     captures: int = 0
     copies: dict[str, int] = field(default_factory=lambda: {"h2d": 0, "d2h": 0, "d2d": 0})
+    calls: collections.Counter = field(default_factory=collections.Counter)  # execution context API calls
     _next: int = 1 << 48  # above every user-space host address on x86-64 and aarch64
     _bases: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.api not in API_VERSIONS:
+            raise ValueError(f"api must be one of {sorted(API_VERSIONS)}, not {self.api!r}")
+        self.tensorrt_version = self.tensorrt_version or API_VERSIONS[self.api]
+        major = self.tensorrt_version.split(".")[0]
+        if not (self.tensorrt_version.startswith(self.api + ".") or self.api == "10" and int(major) >= 10):
+            raise ValueError(f"TensorRT {self.tensorrt_version} does not have the {self.api} API")
 
     # -- memory --------------------------------------------------------------------------
     def malloc(self, nbytes: int) -> int:
@@ -643,12 +709,46 @@ class OptimizationProfile(_ProfileBase):
 
 
 class BuilderConfig(_ConfigBase):
+    max_workspace_size = _Absent()  # TensorRT 8.x only (10.0 removed it)
+    _flag_type: Any = BuilderFlag  # the generation's BuilderFlag (not TensorRT API)
+
     def __init__(self, builder: Builder) -> None:
         self._builder = builder
         self._level = 3
         self.pools: dict[MemoryPoolType, int] = {}
+        self.builder_flags: set[int] = set()  # BuilderFlag values set
         self.profiles: list[OptimizationProfile] = []
         self.timing_cache: TimingCache | None = None
+
+    def _settings(self) -> dict:
+        """What the plan header records of this configuration (not TensorRT API)."""
+        return {"optimization_level": self._level, "workspace": self.get_memory_pool_limit(MemoryPoolType.WORKSPACE),
+                "precision_flags": self._precision_flags()}
+
+    def _precision_flags(self) -> list[str]:
+        """The precision-allowing builder flags set (FP16, INT8, ...), by name (not TensorRT API)."""
+        kinds = self._flag_type
+        names = [n for n in ("FP16", "INT8", "BF16", "FP8", "INT4", "FP4") if hasattr(kinds, n)]
+        return [n for n in names if int(getattr(kinds, n)) in self.builder_flags]
+
+    def _flag(self, flag: object, where: str) -> int:
+        """A pybind11 enum argument: this generation's BuilderFlag, not an int nor another enum."""
+        if not isinstance(flag, self._flag_type):
+            raise TypeError(f"{where}(): incompatible function arguments: a tensorrt.BuilderFlag, "
+                            f"not {type(flag).__name__} {flag!r}")
+        return int(flag)  # type: ignore[call-overload]
+
+    @override
+    def set_flag(self, flag: BuilderFlag) -> None:
+        self.builder_flags.add(self._flag(flag, "set_flag"))
+
+    @override
+    def get_flag(self, flag: BuilderFlag) -> bool:
+        return self._flag(flag, "get_flag") in self.builder_flags
+
+    @override
+    def clear_flag(self, flag: BuilderFlag) -> None:
+        self.builder_flags.discard(self._flag(flag, "clear_flag"))
 
     @property
     @override
@@ -729,6 +829,7 @@ class _Tensor:
     dtype: int  # DataType value
     shape: tuple[int, ...]  # -1: dynamic
     symbols: tuple[str | None, ...]  # the ONNX dim_param of each dynamic dim
+    graph_dtype: str | None = None  # the ONNX graph's numpy type where the binding's differs (8.x INT64)
 
 
 @dataclass
@@ -745,6 +846,10 @@ class Network(_NetworkBase):
     def __init__(self, flags: int) -> None:
         self._flags = flags
         self.graph: _Graph | None = None
+
+    def _strongly_typed(self) -> bool:
+        """Whether the network was created strongly typed (not TensorRT API)."""
+        return bool(self._flags >> int(NetworkDefinitionCreationFlag.STRONGLY_TYPED) & 1)
 
     @property
     @override
@@ -791,6 +896,8 @@ class ParserError(_ParserErrorBase):
 class OnnxParser(_ParserBase):
     """Parses ONNX bytes into a Network; external weights are read beside `path`, as TensorRT does."""
 
+    _error_type = ParserError  # the generation's ParserError (not TensorRT API)
+
     def __init__(self, network: _NetworkBase, logger: _ILoggerBase) -> None:
         if not isinstance(network, Network):
             raise TypeError("OnnxParser(): incompatible function arguments")
@@ -811,7 +918,7 @@ class OnnxParser(_ParserBase):
         self._errors.clear()
 
     def _fail(self, desc: str, node: int = -1, op: str = "") -> bool:
-        self._errors.append(ParserError(desc, node, op))
+        self._errors.append(self._error_type(desc, node, op))
         _log(self.logger, Severity.ERROR, f"ModelImporter: {desc}")
         return False
 
@@ -840,14 +947,22 @@ class OnnxParser(_ParserBase):
             if not file.is_file():
                 return self._fail(f"failed to open external weights file {file}")
             weights[location] = file.read_bytes()
+        refused = self._check_model(proto)
+        if refused:
+            return self._fail(refused)
         tensors = [self._tensor(v, "input") for v in proto.graph.input
                    if v.name not in {i.name for i in proto.graph.initializer}]
         tensors += [self._tensor(v, "output") for v in proto.graph.output]
         self.network.graph = _Graph(data, weights, tensors, len(proto.graph.node))
         return True
 
-    @staticmethod
-    def _tensor(value: Any, mode: str) -> _Tensor:
+    def _check_model(self, proto: Any) -> str | None:
+        """Why this generation's parser refuses the network or model, if it does; it may log about
+        the model too (not TensorRT API)."""
+        return None
+
+    def _tensor(self, value: Any, mode: str) -> _Tensor:
+        """A graph input or output as this generation imports it (not TensorRT API)."""
         ttype = value.type.tensor_type
         dims = [(d.dim_value, None) if d.HasField("dim_value") else (-1, d.dim_param or None)
                 for d in ttype.shape.dim]
@@ -861,6 +976,9 @@ PLAN_FORMAT = 1
 
 
 class Builder(_BuilderBase):
+    _network_type: type[Network] = Network  # the generation's classes (not TensorRT API)
+    _config_type: type[BuilderConfig] = BuilderConfig
+
     def __init__(self, logger: _ILoggerBase) -> None:
         self._logger = logger
         self.device = _active().device
@@ -872,11 +990,11 @@ class Builder(_BuilderBase):
 
     @override
     def create_network(self, flags: int = 0) -> Network:
-        return Network(_pybind_int(flags, "create_network"))
+        return self._network_type(_pybind_int(flags, "create_network"))
 
     @override
     def create_builder_config(self) -> BuilderConfig:
-        return BuilderConfig(self)
+        return self._config_type(self)
 
     @override
     def create_optimization_profile(self) -> OptimizationProfile:
@@ -914,9 +1032,10 @@ class Builder(_BuilderBase):
                                            f"network but {mn[i]}..{mx[i]} in the profile")
                 profile[t.name] = [list(mn), list(op), list(mx)]
         onnx_sha = hashlib.sha256(graph.onnx).hexdigest()
+        settings = config._settings()
         cache = config.timing_cache
         if cache is not None:  # the "tactics" this build timed, keyed by what was timed
-            cache.entries.setdefault(f"{onnx_sha[:16]}:level{config.builder_optimization_level}", float(graph.nodes))
+            cache.entries.setdefault(f"{onnx_sha[:16]}:level{settings['optimization_level']}", float(graph.nodes))
         max_batch = max((p[2][0] for p in profile.values()), default=1)
         io_bytes = 0
         for t in graph.tensors:
@@ -924,14 +1043,12 @@ class Builder(_BuilderBase):
             for d in t.shape:
                 n *= max_batch if d < 0 else d
             io_bytes += n * np.dtype(NUMPY_TYPES.get(DataType(t.dtype), np.float32)).itemsize
-        header = {"tensorrt_version": self.device.tensorrt_version, "gpu": self.device.name,
+        header = {"tensorrt_version": self.device.tensorrt_version, "api": self.device.api, "gpu": self.device.name,
                   "compute_capability": self.device.compute_capability,
-                  "strongly_typed": bool(network.flags >> int(NetworkDefinitionCreationFlag.STRONGLY_TYPED) & 1),
-                  "optimization_level": config.builder_optimization_level,
-                  "workspace": config.get_memory_pool_limit(MemoryPoolType.WORKSPACE),
+                  "strongly_typed": network._strongly_typed(), **settings,
                   "device_memory": io_bytes,
                   "io": [{"name": t.name, "mode": t.mode, "dtype": t.dtype, "shape": list(t.shape),
-                          "symbols": list(t.symbols)} for t in graph.tensors],
+                          "symbols": list(t.symbols), "graph_dtype": t.graph_dtype} for t in graph.tensors],
                   "profile": profile,
                   "onnx": {"bytes": len(graph.onnx), "sha256": onnx_sha},
                   "weights": [{"name": n, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
@@ -971,6 +1088,8 @@ def _ort_session(digest: bytes, onnx_bytes: bytes, weights: dict[str, bytes]) ->
 
 
 class Runtime(_RuntimeBase):
+    _engine_type: type[CudaEngine]  # the generation's engine class (not TensorRT API); set below
+
     def __init__(self, logger: _ILoggerBase) -> None:
         self._logger = logger
         self.device = _active().device
@@ -1023,16 +1142,18 @@ class Runtime(_RuntimeBase):
         for w in header["weights"]:
             weights[w["name"]] = body[at:at + w["bytes"]]
             at += w["bytes"]
-        return CudaEngine(self, header, digest, onnx_bytes, weights)
+        return self._engine_type(self, header, digest, onnx_bytes, weights)
 
 
 class CudaEngine(_EngineBase):
+    _context_type: type[ExecutionContext]  # the generation's context class (not TensorRT API); set below
+
     def __init__(self, runtime: Runtime, header: dict, digest: bytes, onnx_bytes: bytes,
                  weights: dict[str, bytes]) -> None:
         self.runtime, self.header, self.digest = runtime, header, digest
         self._onnx, self._weights = onnx_bytes, weights
-        self.tensors = [_Tensor(t["name"], t["mode"], t["dtype"], tuple(t["shape"]), tuple(t["symbols"]))
-                        for t in header["io"]]
+        self.tensors = [_Tensor(t["name"], t["mode"], t["dtype"], tuple(t["shape"]), tuple(t["symbols"]),
+                                t["graph_dtype"]) for t in header["io"]]
         self.by_name = {t.name: t for t in self.tensors}
         self.profile = {k: tuple(tuple(s) for s in v) for k, v in header["profile"].items()}
 
@@ -1091,7 +1212,7 @@ class CudaEngine(_EngineBase):
 
     @override
     def create_execution_context(self, *args: Any, **kwargs: Any) -> ExecutionContext:
-        return ExecutionContext(self)
+        return self._context_type(self)
 
 
 class ExecutionContext(_ContextBase):
@@ -1108,20 +1229,22 @@ class ExecutionContext(_ContextBase):
 
     @override
     def set_input_shape(self, name: str, shape: tuple | list | _DimsBase) -> bool:
-        dims = _as_dims(shape)
+        self.device.calls["set_input_shape"] += 1
+        return self._set_shape(name, _as_dims(shape), "IExecutionContext::setInputShape")
+
+    def _set_shape(self, name: str, dims: tuple[int, ...], where: str) -> bool:
+        """An input's shape for the next enqueue, checked against the engine and its profile."""
         t = self._engine.by_name.get(name)
         if t is None or t.mode != "input":
-            return self._error(f"IExecutionContext::setInputShape: {name} is not an input tensor of the engine")
+            return self._error(f"{where}: {name} is not an input tensor of the engine")
         if len(dims) != len(t.shape):
-            return self._error(f"IExecutionContext::setInputShape: {name} has {len(t.shape)} dimensions, "
-                               f"not {len(dims)} ({dims})")
+            return self._error(f"{where}: {name} has {len(t.shape)} dimensions, not {len(dims)} ({dims})")
         mn, _, mx = self._engine.profile.get(name, (t.shape, t.shape, t.shape))
         for i, (d, want) in enumerate(zip(dims, t.shape)):
             if want >= 0 and d != want:
-                return self._error(f"IExecutionContext::setInputShape: dimension {i} of {name} is static "
-                                   f"({want}), not {d}")
+                return self._error(f"{where}: dimension {i} of {name} is static ({want}), not {d}")
             if want < 0 and not mn[i] <= d <= mx[i]:
-                return self._error(f"IExecutionContext::setInputShape: dimension {i} of {name} is {d}, outside "
+                return self._error(f"{where}: dimension {i} of {name} is {d}, outside "
                                    f"the optimization profile's {mn[i]}..{mx[i]}")
         self.shapes[name] = dims
         return True
@@ -1147,14 +1270,16 @@ class ExecutionContext(_ContextBase):
 
     @override
     def set_tensor_address(self, name: str, memory: int) -> bool:
-        ptr = _pybind_int(memory, "set_tensor_address")
+        self.device.calls["set_tensor_address"] += 1
+        return self._set_address(name, _pybind_int(memory, "set_tensor_address"), "IExecutionContext::setTensorAddress")
+
+    def _set_address(self, name: str, ptr: int, where: str) -> bool:
         t = self._engine.by_name.get(name)
         if t is None:
-            return self._error(f"IExecutionContext::setTensorAddress: {name} is not a tensor of the engine")
+            return self._error(f"{where}: {name} is not a tensor of the engine")
         align = np.dtype(NUMPY_TYPES.get(DataType(t.dtype), np.uint8)).itemsize
         if ptr % align:
-            return self._error(f"IExecutionContext::setTensorAddress: address 0x{ptr:x} of {name} is not "
-                               f"aligned to {align} bytes")
+            return self._error(f"{where}: address 0x{ptr:x} of {name} is not aligned to {align} bytes")
         self.addresses[name] = ptr
         return True
 
@@ -1164,29 +1289,33 @@ class ExecutionContext(_ContextBase):
 
     @override
     def execute_async_v3(self, stream_handle: int) -> bool:
-        handle = _pybind_int(stream_handle, "execute_async_v3")
+        self.device.calls["execute_async_v3"] += 1
+        return self._enqueue(_pybind_int(stream_handle, "execute_async_v3"), "IExecutionContext::enqueueV3")
+
+    def _enqueue(self, handle: int, where: str) -> bool:
+        """Check the bound shapes and addresses, then run (or record, while capturing) the engine."""
         stream = self.device.stream(handle)
         if stream is None:
-            return self._error(f"IExecutionContext::enqueueV3: invalid stream handle 0x{handle:x}")
+            return self._error(f"{where}: invalid stream handle 0x{handle:x}")
         engine = self._engine
         inputs = [t for t in engine.tensors if t.mode == "input"]
         for t in inputs:
             if t.name not in self.shapes:
-                return self._error(f"IExecutionContext::enqueueV3: the input shape of {t.name} is not specified")
+                return self._error(f"{where}: the input shape of {t.name} is not specified")
         sizes: dict[str | None, int] = {}
         for t in inputs:
             for d, s in zip(self.shapes[t.name], t.symbols):
                 if s is not None and sizes.setdefault(s, d) != d:
-                    return self._error(f"IExecutionContext::enqueueV3: input {t.name} has {s}={d}, another "
+                    return self._error(f"{where}: input {t.name} has {s}={d}, another "
                                        f"input {s}={sizes[s]}: the dimensions are inconsistent")
         for t in engine.tensors:
             if not self.addresses.get(t.name):
-                return self._error(f"IExecutionContext::enqueueV3: the address of {t.name} is not set")
+                return self._error(f"{where}: the address of {t.name} is not set")
         if stream.capturing is not None and self.device.capture == "refuse":
-            return self._error("IExecutionContext::enqueueV3: this engine cannot be captured into a CUDA graph")
+            return self._error(f"{where}: this engine cannot be captured into a CUDA graph")
         if stream.capturing is not None and self.device.capture == "invalidate":
             stream.invalidated = True  # e.g. a synchronous call inside the enqueue broke the capture
-            return self._error("IExecutionContext::enqueueV3: a CUDA call was not permitted while the stream "
+            return self._error(f"{where}: a CUDA call was not permitted while the stream "
                                "is capturing (cudaErrorStreamCaptureUnsupported)")
         # The work captures the addresses and shapes bound now, as recorded kernels do.
         ins = [(t, self.addresses[t.name], self.shapes[t.name]) for t in inputs]
@@ -1194,9 +1323,12 @@ class ExecutionContext(_ContextBase):
                                                  for d, s in zip(t.shape, t.symbols)))
                 for t in engine.tensors if t.mode == "output"]
         if self.device.sticky is not None:  # an earlier kernel's fault
-            return self._error(f"IExecutionContext::enqueueV3: CUDA error {int(self.device.sticky)}")
+            return self._error(f"{where}: CUDA error {int(self.device.sticky)}")
         self.device.submit(stream, lambda: _run_kernel(self.device, engine, ins, outs))
         return True  # a fault of this work shows at the next CUDA call, as on a GPU
+
+
+Runtime._engine_type, CudaEngine._context_type = CudaEngine, ExecutionContext
 
 
 def _run_kernel(device: Device, engine: CudaEngine, ins: list, outs: list) -> None:
@@ -1207,7 +1339,7 @@ def _run_kernel(device: Device, engine: CudaEngine, ins: list, outs: list) -> No
     for t, addr, shape in ins:
         dtype = np.dtype(NUMPY_TYPES[DataType(t.dtype)])
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        feeds[t.name] = device.view(addr, nbytes).view(dtype).reshape(shape).copy()
+        feeds[t.name] = device.view(addr, nbytes).view(dtype).reshape(shape).astype(t.graph_dtype or dtype)
         spans.append((addr, addr + nbytes))
     try:
         results = engine.session().run([t.name for t, _, _ in outs], feeds)
@@ -1235,7 +1367,7 @@ class StandIn:
 
 _INSTALLED: list[StandIn] = []
 MODULES = ("tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart")
-TRT_NAMES = ("ILogger", "Logger", "Dims", "DataType", "TensorIOMode", "MemoryPoolType",
+TRT_NAMES = ("ILogger", "Logger", "Dims", "DataType", "TensorIOMode", "MemoryPoolType", "BuilderFlag",
              "NetworkDefinitionCreationFlag", "Builder", "OnnxParser", "ParserError", "Runtime")
 
 
@@ -1245,14 +1377,25 @@ def _active() -> StandIn:
     return _INSTALLED[-1]
 
 
+def surface() -> dict[str, Any]:
+    """The `tensorrt` module's names of the 10.x stand-in."""
+    names = {name: globals()[name] for name in TRT_NAMES}
+    return {**names, "ICudaEngine": CudaEngine, "IExecutionContext": ExecutionContext, "IBuilderConfig": BuilderConfig,
+            "IOptimizationProfile": OptimizationProfile, "ITimingCache": TimingCache, "INetworkDefinition": Network,
+            "IHostMemory": HostMemory}
+
+
 def _modules(device: Device) -> StandIn:
-    trt = types.ModuleType("tensorrt", "TensorRT stand-in (tests/trt_standin.py)")
-    for name in TRT_NAMES:
-        setattr(trt, name, globals()[name])
+    trt = types.ModuleType("tensorrt", f"TensorRT {device.api} stand-in (tests/trt_standin.py)")
+    if device.api == "10":
+        names = surface()
+    else:
+        import trt_standin_v8  # the 8.x surfaces (it imports this module)
+
+        names = trt_standin_v8.surface(device.api)
+    for name, value in names.items():
+        setattr(trt, name, value)
     trt.__version__ = device.tensorrt_version  # type: ignore[attr-defined]
-    trt.ICudaEngine, trt.IExecutionContext, trt.IBuilderConfig = CudaEngine, ExecutionContext, BuilderConfig  # type: ignore[attr-defined]
-    trt.IOptimizationProfile, trt.ITimingCache, trt.INetworkDefinition = OptimizationProfile, TimingCache, Network  # type: ignore[attr-defined]
-    trt.IHostMemory = HostMemory  # type: ignore[attr-defined]
     rt = CudaRuntime(device)
     cudart = types.ModuleType("cuda.bindings.runtime", "cuda-python cudart stand-in (tests/trt_standin.py)")
     for name in dir(rt):
@@ -1266,7 +1409,8 @@ def _modules(device: Device) -> StandIn:
 @contextlib.contextmanager
 def installed(**device: Any) -> Iterator[StandIn]:
     """`tensorrt` and cuda-python's `cuda.bindings.runtime` (and the older `cuda.cudart`) in
-    sys.modules for the duration; keyword arguments set up the fake GPU (see `Device`)."""
+    sys.modules for the duration; keyword arguments set up the fake GPU (see `Device`), e.g.
+    api="8.2" for Jetson Nano's TensorRT API."""
     standin = _modules(Device(**device))
     cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
     bindings.runtime = standin.cudart  # type: ignore[attr-defined]
