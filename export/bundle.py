@@ -11,6 +11,10 @@ is a one-line error and leaves nothing behind (atomic_dir removes its temporary 
 
 from __future__ import annotations
 
+from ..python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import dataclasses
 import os
 from pathlib import Path
@@ -87,7 +91,7 @@ def _graph(path: Path, chunk: int | None, profile, state: tuple[StateTensor, ...
     spec = io_spec(model)
     inputs, outputs = ([TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in spec[k]]
                        for k in ("inputs", "outputs"))
-    if (tuple(inputs), tuple(outputs)) != graph_io(state, chunk):  # the exporter's own contract
+    if (tuple(inputs), tuple(outputs)) != graph_io(state, chunk, profile.byte_ids_dtype):  # the exporter's contract
         raise RuntimeError(f"{path.name} was exported with an unexpected interface: {spec}")
     return GraphSpec(path.name, len(model.graph.node), tuple(inputs), tuple(outputs), chunk, (fmt.WEIGHTS,))
 
@@ -131,8 +135,8 @@ def _graphs(tmp: Path, model: ByteLM, profile, precision: Precision, chunk: int,
         form = quantized_form(model, quant, "quantized checkpoint", dq_first=bool(profile.tensorrt_versions))
         reference = FormReference(form, model)
     step, prefill = tmp / fmt.STEP_GRAPH, tmp / fmt.PREFILL_GRAPH
-    export_step(model, step, precision.name, opset, form)
-    export_prefill(model, prefill, precision.name, chunk, opset, form)
+    export_step(model, step, precision.name, opset, form, profile.byte_ids_dtype)
+    export_prefill(model, prefill, precision.name, chunk, opset, form, profile.byte_ids_dtype)
     state = _state(model)
     graphs = {"step": _graph(step, None, profile, state), "prefill": _graph(prefill, chunk, profile, state)}
     share_weights([step, prefill], tmp / fmt.WEIGHTS)

@@ -8,9 +8,14 @@
                                       placeholders -> opset-21 blocked DequantizeLinear on INT4
     unfuse_dq_gemm(path)              Gemm(x, DQ(w), c) -> MatMul + Add, the form ONNX Runtime
                                       fuses into MatMulNBits / MatMulIntegerToFloat
+    narrow_byte_ids(path)             byte_ids int64 -> int32 (TensorRT 8 has no INT64)
 """
 
 from __future__ import annotations
+
+from ..python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
 
 import hashlib
 from pathlib import Path
@@ -234,3 +239,33 @@ def unfuse_dq_gemm(path: Path) -> int:
         g.node.extend(nodes)
         onnx.save(model, str(path))
     return split
+
+
+# Ops that move byte ids without computing on them (the ids are their first input), so int32 ids
+# stay int32 through them; a Gather's second input (indices) takes int32 or int64 alike.
+_ID_MOVES = ("Gather", "Reshape", "Slice", "Split", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Transpose")
+
+
+def narrow_byte_ids(path: Path) -> None:
+    """Make the graph's byte_ids input int32 (TensorRT 8.x has no INT64: its parser turns an int64
+    input into an INT32 binding or fails). Valid where the ids only move (_ID_MOVES) and end as
+    Gather indices; any other use raises, naming the node, rather than producing a mistyped graph."""
+    import onnx
+
+    model = onnx.load(str(path))
+    g = model.graph
+    ids = {"byte_ids"}
+    for node in g.node:  # topological order: a moved tensor is marked before its consumers
+        used = [i for i, name in enumerate(node.input) if name in ids]
+        if not used:
+            continue
+        if node.op_type == "Gather" and used == [1]:
+            continue  # indices: int32 is as good as int64
+        if node.op_type not in _ID_MOVES or used != [0]:
+            raise ValueError(f"byte_ids reach {node.op_type} node {node.name or '?'} (input {used}); only "
+                             f"{', '.join(_ID_MOVES)} and Gather indices take int32 ids unchanged")
+        ids.update(node.output)
+    for v in [*g.input, *g.value_info, *g.output]:
+        if v.name in ids:
+            v.type.tensor_type.elem_type = onnx.TensorProto.INT32
+    onnx.save(model, str(path))

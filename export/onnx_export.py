@@ -11,6 +11,10 @@ comparisons).
 
 from __future__ import annotations
 
+from ..python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import contextlib
 import io
 import warnings
@@ -24,7 +28,7 @@ from ..errors import EdgelmError
 from ..models import ByteLM
 from ..runtime.manifest import state_io
 from .fused import FusedPrefill, fuse
-from .graph_passes import compact, declare_outputs, lower_blocked_dq, tidy, unfuse_dq_gemm
+from .graph_passes import compact, declare_outputs, lower_blocked_dq, narrow_byte_ids, tidy, unfuse_dq_gemm
 from .validate import one_thread
 
 OPSET = 17  # lowered per target to what its TensorRT parses (trt_ops.target_opset)
@@ -48,7 +52,7 @@ def io_names(model: ByteLM) -> tuple[list[str], list[str]]:
     return ["byte_ids"] + [i for i, _ in pairs], ["logits"] + [o for _, o in pairs]
 
 
-def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: int) -> None:
+def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: int, ids: str = "int64") -> None:
     inputs, outputs = io_names(model)
     dynamic = {name: {0: "batch"} for name in inputs + outputs}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), one_thread():
@@ -60,6 +64,8 @@ def _export(module: nn.Module, args: tuple, path: Path, model: ByteLM, opset: in
     tidy(path)
     compact(path)
     lower_blocked_dq(path)  # int4 weights: edgelm.DequantizeBlocked -> opset 21 DequantizeLinear
+    if ids == "int32":
+        narrow_byte_ids(path)  # TensorRT 8 targets: no INT64
     declare_outputs(path, {"logits": ("batch", 256), **{state_io(n)[1]: ("batch", *shape)
                                                         for n, shape in model.state_spec()}})
 
@@ -86,18 +92,20 @@ def example_args(model: ByteLM, batch: int = 2, chunk: int | None = None) -> tup
 
 
 def export_step(model: ByteLM, path: str | Path, precision: str = "fp32", opset: int = OPSET,
-                form: nn.Module | None = None) -> None:
-    """The step graph of `form` (a quantized fused form), else of the model fused in `precision`."""
-    _export(form or fuse(model, _compute_dtype(precision)), example_args(model), Path(path), model, opset)
+                form: nn.Module | None = None, ids: str = "int64") -> None:
+    """The step graph of `form` (a quantized fused form), else of the model fused in `precision`;
+    `ids`: the byte ids' dtype (int32 for TensorRT 8 targets)."""
+    _export(form or fuse(model, _compute_dtype(precision)), example_args(model), Path(path), model, opset, ids)
 
 
 def export_prefill(model: ByteLM, path: str | Path, precision: str = "fp32",
-                   chunk: int | None = None, opset: int = OPSET, form: nn.Module | None = None) -> None:
+                   chunk: int | None = None, opset: int = OPSET, form: nn.Module | None = None,
+                   ids: str = "int64") -> None:
     """The prefill graph over `chunk` bytes (default: the form's PREFILL_CHUNK)."""
     step = form or fuse(model, _compute_dtype(precision))
     chunk = step.PREFILL_CHUNK if chunk is None else chunk
     module = FusedPrefill(step, chunk)
-    _export(module, example_args(model, chunk=chunk), Path(path), model, opset)
+    _export(module, example_args(model, chunk=chunk), Path(path), model, opset, ids)
 
 
 def export_naive_step(model: ByteLM, path: str | Path, opset: int = OPSET) -> None:

@@ -4,14 +4,22 @@ Every node is looked up in the parser's operator support matrix (data/tensorrt_o
 transcribed from onnx-tensorrt docs/operators.md), with the float types each op accepts; the
 graph's precisions are checked against the device profile (fp16/bf16 support, INT8 Q/DQ, FP8
 only on sm >= 8.9, INT4 only with TensorRT 10+), its opset against the parser versions the target
-ships, and its Q/DQ placement against TensorRT's explicit-quantization rules (trt_qdq.py).
+ships, its I/O types against what TensorRT 8 binds (no INT64) on TensorRT 8 targets, and its Q/DQ placement against TensorRT's explicit-quantization rules (trt_qdq.py).
 """
 
 from __future__ import annotations
 
+from ..python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import functools
-import tomllib
 from importlib import resources
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the compiler side's minimum (tomli is a core dependency there)
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from .. import precision as precisions
 from .trt_qdq import placement_problems
@@ -75,6 +83,22 @@ def _op_problems(onnx_model, types: dict[str, str], trt_major: int) -> list[str]
     return problems
 
 
+# What TensorRT 8.x binds: no INT64 (9.x/10 added it), no DOUBLE. The parser casts INT64 weights
+# down (with a warning) and computes shapes in INT32, but an INT64 graph input or output becomes
+# an INT32 binding or fails (../shared/notes/tensorrt-and-jetson.md).
+TRT8_IO_TYPES = ("FP32", "FP16", "INT8", "INT32", "BOOL")
+
+
+def _trt8_dtype_problems(onnx_model, types: dict[str, str], profile) -> list[str]:
+    """Graph inputs/outputs of a type TensorRT 8 cannot bind, on TensorRT 8 targets."""
+    if not profile.tensorrt_8:
+        return []
+    return [f"graph {kind} {v.name} is {types.get(v.name, '?')}; TensorRT 8 binds only "
+            f"{', '.join(TRT8_IO_TYPES)} (export for {profile.name} writes int32 byte ids)"
+            for kind, values in (("input", onnx_model.graph.input), ("output", onnx_model.graph.output))
+            for v in values if types.get(v.name) not in TRT8_IO_TYPES]
+
+
 def _precision_problems(onnx_model, types: dict[str, str], profile) -> list[str]:
     used = precisions.used_by(types.values())
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx_model.graph.node) and \
@@ -120,7 +144,7 @@ def check_tensorrt_compat(onnx_model, profile, base_dir: str | None = None) -> l
         if limit is not None and opset > limit:
             problems.append(f"opset {opset} is newer than TensorRT {version}'s ONNX parser reads (<= {limit})")
     trt_major = min(int(v.split(".")[0]) for v in profile.tensorrt_versions)
-    problems += _op_problems(onnx_model, types, trt_major)
+    problems += _op_problems(onnx_model, types, trt_major) + _trt8_dtype_problems(onnx_model, types, profile)
     return problems + qdq_problems(onnx_model, base_dir, types)
 
 

@@ -8,6 +8,10 @@ is an EdgelmError carrying the measured numbers.
 
 from __future__ import annotations
 
+from ..python_support import require_compiler_python
+
+require_compiler_python()  # before torch / onnx: on Python 3.8 one line says what to do
+
 import contextlib
 from pathlib import Path
 
@@ -59,8 +63,11 @@ def session(path: str | Path, threads: int = 0, precision: str = "fp32", graph: 
                                 disabled_optimizers=disabled_optimizers(precision))
 
 
-def _feeds(names: list[str], byte_ids: np.ndarray, state) -> dict:
-    return {"byte_ids": byte_ids, **{state_io(n)[0]: s for n, s in zip(names, state)}}  # float32 arrays
+def _feeds(sess, names: list[str], byte_ids: np.ndarray, state) -> dict:
+    """The graph's inputs: byte ids in the graph's own type (int32 for TensorRT 8 targets)."""
+    ids_type = next(i.type for i in sess.get_inputs() if i.name == "byte_ids")
+    ids = byte_ids.astype(np.int32 if ids_type == "tensor(int32)" else np.int64)
+    return {"byte_ids": ids, **{state_io(n)[0]: s for n, s in zip(names, state)}}  # float32 arrays
 
 
 def _maxdiff(a, b) -> float:
@@ -82,7 +89,7 @@ def stream_parity(model: ByteLM, step_path: str | Path, steps: int = STEPS, stat
     state_o = [s.numpy() for s in state_t]
     dl = ds = total = 0.0
     for t in range(steps):
-        out = sess.run(None, _feeds(names, data[:, t], state_o))
+        out = sess.run(None, _feeds(sess, names, data[:, t], state_o))
         logits_t, state_t = model.step(torch.from_numpy(data[:, t]), state_t)
         dl = max(dl, _maxdiff(out[:1], [logits_t]))
         ds = max(ds, _maxdiff(out[1:], state_t))
@@ -99,7 +106,7 @@ def prefill_parity(model: ByteLM, prefill_path: str | Path, chunk: int, state,
     """One chunk from `state`: ORT prefill vs model.forward (last logits, final states)."""
     sess, names = session(prefill_path, threads=1, precision=precision, graph="prefill"), model.state_names()
     data = text_streams(chunk + 11)[:, 11:]  # (2, C)
-    out = sess.run(None, _feeds(names, data, [s.numpy() for s in state]))
+    out = sess.run(None, _feeds(sess, names, data, [s.numpy() for s in state]))
     logits, new_state = model(torch.from_numpy(data), tuple(state))
     return _maxdiff(out[:1], [logits[:, -1]]), _maxdiff(out[1:], new_state)
 

@@ -45,6 +45,7 @@ ARTIFACT_KINDS = ("tensorrt-engine", "native-library")
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_STREAMS = 1 << 16
 MAX_CHUNK = 256
+BYTE_ID_DTYPES = ("int64", "int32")  # int32 where the target's TensorRT (8.x) has no INT64
 MAX_STATE_BYTES = 1 << 30  # per stream
 MAX_STATE_TENSORS = 4096
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # one path component of a bundle file
@@ -115,6 +116,11 @@ class GraphSpec:
     chunk: int | None = None  # prefill: bytes per call
     data: tuple[str, ...] = ()  # the external-data files (weights) the graph reads
 
+    @property
+    def ids_dtype(self) -> str:
+        """The byte_ids input's dtype ("int64", or "int32" on TensorRT 8 targets)."""
+        return next((t.dtype for t in self.inputs if t.name == "byte_ids"), "int64")
+
     def to_dict(self) -> dict:
         return {"file": self.file, **({"chunk": self.chunk} if self.chunk is not None else {}),
                 "nodes": self.nodes, "data": list(self.data),
@@ -168,7 +174,8 @@ class Manifest:
 
     def expected_io(self, graph: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         """The inputs and outputs graph `graph` must have, from the state spec alone."""
-        return graph_io(self.state, self.graphs[graph].chunk)
+        spec = self.graphs[graph]
+        return graph_io(self.state, spec.chunk, spec.ids_dtype)
 
     # -- writing -----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -193,9 +200,13 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
 
-def graph_io(state, chunk: int | None = None) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The interface of a step graph (chunk None) or a prefill graph over `state` tensors."""
-    inputs = [TensorSpec("byte_ids", ("batch",) if chunk is None else ("batch", chunk), "int64")]
+def graph_io(state, chunk: int | None = None,
+             ids: str = "int64") -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The interface of a step graph (chunk None) or a prefill graph over `state` tensors. Byte ids
+    are int64, or int32 for targets whose TensorRT (8.x) has no INT64 (BYTE_ID_DTYPES)."""
+    if ids not in BYTE_ID_DTYPES:
+        raise ValueError(f"byte ids are {' or '.join(BYTE_ID_DTYPES)}, not {ids}")
+    inputs = [TensorSpec("byte_ids", ("batch",) if chunk is None else ("batch", chunk), ids)]
     outputs = [TensorSpec("logits", ("batch", VOCAB), "float32")]
     inputs += [TensorSpec(s.input, ("batch", *s.shape), "float32") for s in state]
     outputs += [TensorSpec(s.output, ("batch", *s.shape), "float32") for s in state]
@@ -324,7 +335,8 @@ def _graph(f: "Fields", graph: str, m: Manifest) -> GraphSpec:
     if graph == "step" and "chunk" in f.raw:
         raise f.error("chunk", "belongs to the prefill graph only")
     spec = GraphSpec(file, f.int("nodes", 1, 1 << 24), _io(f, "inputs"), _io(f, "outputs"), chunk, data)
-    want = graph_io(m.state, chunk)
+    ids = spec.ids_dtype if spec.ids_dtype in BYTE_ID_DTYPES else "int64"  # anything else fails below
+    want = graph_io(m.state, chunk, ids)
     if (spec.inputs, spec.outputs) != want:
         raise f.error("inputs", "and outputs do not match the manifest's state spec "
                                 f"(expected {[t.name for t in want[0]][:4]}...)")

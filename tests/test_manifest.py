@@ -153,7 +153,7 @@ def test_state_bounds():
     ("graphs.step.chunk", 8, "graphs.step.chunk"), ("graphs.step.extra", 1, "graphs.step.extra"),
     ("graphs.step.inputs", [], "graphs.step.inputs"), ("graphs.step.inputs[0].extra", 1, "graphs.step.inputs[0].extra"),
     ("graphs.step.inputs[0].name", "ids", "graphs.step.inputs"),
-    ("graphs.step.inputs[0].dtype", "int32", "graphs.step.inputs"),
+    ("graphs.step.inputs[0].dtype", "int16", "graphs.step.inputs"),
     ("graphs.step.inputs[0].shape", ["batch", 1], "graphs.step.inputs"),
     ("graphs.step.outputs[0].shape", "batch", "graphs.step.outputs[0].shape"),
     ("graphs.extra", {}, "graphs"), ("files.x/../y", HEX["0"], "files"), ("files.manifest.json", HEX["0"], "files"),

@@ -123,7 +123,7 @@ def test_an_imported_model_quantizes_to_safetensors_and_exports_for_a_jetson(imp
 
 def test_an_imported_model_passes_every_targets_tensorrt_checks(imported, quantized, tmp_path):
     """Every device profile: the step graph in the profile's default precision, and the w8a8 one
-    where the profile runs int8, at the opset export picks for it, against TensorRT's ONNX op
+    where the profile runs int8, at the opset and byte-id type export picks for it, against TensorRT's ONNX op
     matrix, precision rules and Q/DQ placement rules (a CPU profile: its precision rules)."""
     from edgelm.devices import list_profiles
     from edgelm.export.onnx_export import OPSET, export_step
@@ -137,11 +137,11 @@ def test_an_imported_model_passes_every_targets_tensorrt_checks(imported, quanti
         opset, trt = target_opset(profile, OPSET), bool(profile.tensorrt_versions)
         wanted = [profile.default_precision] + (["int8"] if "int8" in profile.precisions else [])
         for precision in wanted:
-            key = (precision, opset, trt and precision == "int8")
+            key = (precision, opset, trt and precision == "int8", profile.byte_ids_dtype)
             if key not in graphs:
                 path = tmp_path / f"{len(graphs)}.onnx"
                 form = quantized_form(qmodel, quant, "q", dq_first=key[2]) if precision == "int8" else None
-                export_step(qmodel if form is not None else model, path, precision, opset, form)
+                export_step(qmodel if form is not None else model, path, precision, opset, form, key[3])
                 graphs[key] = onnx.load(str(path))
             assert check_tensorrt_compat(graphs[key], profile) == [], (profile.name, precision)
     assert len(graphs) >= 4

@@ -11,6 +11,10 @@ quantization step may land on the other side, as between PyTorch and ONNX Runtim
 
 from __future__ import annotations
 
+from ...python_support import require_compiler_python
+
+require_compiler_python()  # before numpy / onnx: on Python 3.8 one line says what to do
+
 import ctypes
 from pathlib import Path
 
@@ -30,16 +34,17 @@ _P = ctypes.c_void_p
 class _Native:
     """The compiled library, called like the runtime's native backend (ctypes, batch-first arrays)."""
 
-    def __init__(self, lib_path: Path, weights: bytes):
+    def __init__(self, lib_path: Path, weights: bytes, ids_dtype: str):
         from ...runtime.backends.native import bind
 
         self.lib = ctypes.CDLL(str(lib_path.resolve()))
         self.fns = bind(self.lib)
         self.weights = np.frombuffer(weights, np.uint8).copy()  # numpy's allocation: 64-byte aligned here
         self.scratch = np.zeros(self.lib.edgelm_scratch_bytes(8) + 64, np.uint8)
+        self.ids_dtype = ids_dtype  # edgelm_id_t
 
     def run(self, ids: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        ids = np.ascontiguousarray(ids, np.int64)
+        ids = np.ascontiguousarray(ids, self.ids_dtype)
         batch = ids.shape[0]
         sin = [np.ascontiguousarray(s, np.float32) for s in states]
         sout = [np.empty_like(s) for s in sin]
@@ -60,18 +65,19 @@ class _Onnx:
         opts.log_severity_level = 3
         self.sessions = {g: ort.InferenceSession(str(directory / manifest.graphs[g].file), opts,
                                                  providers=["CPUExecutionProvider"]) for g in fmt.GRAPHS}
-        self.state = manifest.state
+        self.state, self.ids = manifest.state, manifest.graphs["step"].ids_dtype
 
     def run(self, ids: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         sess = self.sessions["prefill" if ids.ndim == 2 else "step"]
-        feeds = {"byte_ids": ids.astype(np.int64), **{s.input: x for s, x in zip(self.state, states)}}
+        feeds = {"byte_ids": ids.astype(self.ids), **{s.input: x for s, x in zip(self.state, states)}}
         out = sess.run(None, feeds)
         return out[0], out[1:]
 
 
 def parity(directory: Path, lib_path: Path, manifest) -> dict:
     """Stream, prefill and greedy-generate on both; raise EdgelmError past the limits."""
-    native, onnx = _Native(lib_path, (directory / fmt.WEIGHTS).read_bytes()), _Onnx(directory, manifest)
+    native = _Native(lib_path, (directory / fmt.WEIGHTS).read_bytes(), manifest.graphs["step"].ids_dtype)
+    onnx = _Onnx(directory, manifest)
     try:
         return _compare(native, onnx, manifest)
     finally:

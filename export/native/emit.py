@@ -7,13 +7,17 @@ below wrap them for one stream (state in place) and for many (one array per stat
 
 from __future__ import annotations
 
+from ...python_support import require_compiler_python
+
+require_compiler_python()  # before numpy / onnx: on Python 3.8 one line says what to do
+
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from .ops import Emitter
-from .plan import Plan, is_alias
+from .plan import C_TYPES, Plan, is_alias
 
 ABI_VERSION = 1
 
@@ -47,6 +51,9 @@ extern "C" {{
 #define EDGELM_PREFILL_CHUNK {chunk}
 #define EDGELM_SCRATCH_PER_STREAM {scratch}u
 
+/* Byte ids as the graphs take them: int64_t, or int32_t where the target's TensorRT (8.x) has no INT64. */
+typedef {id_type} edgelm_id_t;
+
 /* Floats per stream of each state tensor, manifest order ({state_names}). */
 extern const size_t edgelm_state_numel[EDGELM_STATE_TENSORS];
 
@@ -67,9 +74,9 @@ void edgelm_prefill(const void *weights, float *state, const uint8_t *bytes, siz
 /* Many streams: state tensor i of stream s at state_in[i] + s * edgelm_state_numel[i].
  * state_out may be state_in (in place). bytes: (streams,) for a step, (streams,
  * EDGELM_PREFILL_CHUNK) for a prefill chunk; logits (streams, 256). */
-void edgelm_step_batch(const void *weights, size_t streams, const int64_t *bytes, float *const *state_in,
+void edgelm_step_batch(const void *weights, size_t streams, const edgelm_id_t *bytes, float *const *state_in,
                        float *const *state_out, float *logits, void *scratch);
-void edgelm_prefill_batch(const void *weights, size_t streams, const int64_t *bytes, float *const *state_in,
+void edgelm_prefill_batch(const void *weights, size_t streams, const edgelm_id_t *bytes, float *const *state_in,
                           float *const *state_out, float *logits, void *scratch);
 
 #ifdef __cplusplus
@@ -108,7 +115,7 @@ static void el_split(float *state, float **parts) {{
 
 void edgelm_step(const void *weights, float *state, int byte, float *logits, void *scratch) {{
     float *st[EDGELM_STATE_TENSORS];
-    int64_t id = byte & 255;
+    edgelm_id_t id = byte & 255;
     el_split(state, st);
     run_step((const uint8_t *)weights, 1, &id, st, st, logits, (uint8_t *)scratch);
 }}
@@ -116,7 +123,7 @@ void edgelm_step(const void *weights, float *state, int byte, float *logits, voi
 void edgelm_prefill(const void *weights, float *state, const uint8_t *bytes, size_t n, float *logits,
                     void *scratch) {{
     float *st[EDGELM_STATE_TENSORS];
-    int64_t ids[EDGELM_PREFILL_CHUNK];
+    edgelm_id_t ids[EDGELM_PREFILL_CHUNK];
     size_t i = 0;
     el_split(state, st);
     for (; i + EDGELM_PREFILL_CHUNK <= n; i += EDGELM_PREFILL_CHUNK) {{
@@ -129,12 +136,12 @@ void edgelm_prefill(const void *weights, float *state, const uint8_t *bytes, siz
     }}
 }}
 
-void edgelm_step_batch(const void *weights, size_t streams, const int64_t *bytes, float *const *state_in,
+void edgelm_step_batch(const void *weights, size_t streams, const edgelm_id_t *bytes, float *const *state_in,
                        float *const *state_out, float *logits, void *scratch) {{
     run_step((const uint8_t *)weights, streams, bytes, state_in, state_out, logits, (uint8_t *)scratch);
 }}
 
-void edgelm_prefill_batch(const void *weights, size_t streams, const int64_t *bytes, float *const *state_in,
+void edgelm_prefill_batch(const void *weights, size_t streams, const edgelm_id_t *bytes, float *const *state_in,
                           float *const *state_out, float *logits, void *scratch) {{
     run_prefill((const uint8_t *)weights, streams, bytes, state_in, state_out, logits, (uint8_t *)scratch);
 }}
@@ -150,7 +157,7 @@ def weights_checksum(data: bytes) -> int:
 
 
 PART_NODES = 16  # nodes per generated function: GCC's optimizer is superlinear in function size
-ARGS = ("const uint8_t *W, size_t B, const int64_t *byte_ids, float *const *sin, float *const *sout, "
+ARGS = ("const uint8_t *W, size_t B, const edgelm_id_t *byte_ids, float *const *sin, float *const *sout, "
         "float *logits, uint8_t *S")
 
 
@@ -177,10 +184,10 @@ def graph_function(plan: Plan, emitter: Emitter) -> str:
     return "\n".join(parts) + f"\nstatic void run_{plan.graph}({ARGS}) {{\n" + "\n".join(calls) + "\n}\n"
 
 
-STEP_LOOP = """static void run_prefill(const uint8_t *W, size_t B, const int64_t *byte_ids, float *const *sin,
+STEP_LOOP = """static void run_prefill(const uint8_t *W, size_t B, const edgelm_id_t *byte_ids, float *const *sin,
                         float *const *sout, float *logits, uint8_t *S) {{
     /* this architecture runs a chunk as its step, byte by byte, state in place (NATIVE_CHUNK_GRAPH) */
-    int64_t *col = (int64_t *)(S + B * {step_scratch});
+    edgelm_id_t *col = (edgelm_id_t *)(S + B * {step_scratch});
     for (int t = 0; t < {chunk}; t++) {{
         for (size_t b = 0; b < B; b++) col[b] = byte_ids[b * {chunk} + t];
         run_step(W, B, col, t ? sout : sin, sout, logits, S);
@@ -200,7 +207,7 @@ def model_h(manifest, plans: dict[str, Plan], weights: bytes) -> str:
     return ABI_H.format(abi=ABI_VERSION, arch=manifest.arch, precision=manifest.precision,
                         weights_bytes=len(weights), checksum=weights_checksum(weights), n_state=len(state),
                         state_floats=sum(s.numel for s in state), chunk=manifest.prefill_chunk,
-                        scratch=scratch_per_stream(plans),
+                        scratch=scratch_per_stream(plans), id_type=C_TYPES[manifest.graphs["step"].ids_dtype],
                         state_names=", ".join(s.name for s in state))
 
 

@@ -66,7 +66,7 @@ static inline float el_sum(const float *a, int n) {
     return s;
 }
 
-static EL_NOINLINE void el_gather(void *o, const void *table, const int64_t *ids, size_t n, int64_t rows, size_t row_bytes) {
+static EL_NOINLINE void el_gather(void *o, const void *table, const edgelm_id_t *ids, size_t n, int64_t rows, size_t row_bytes) {
     for (size_t i = 0; i < n; i++) {
         int64_t r = ids[i] < 0 ? ids[i] + rows : ids[i];
         r = (r < 0 || r >= rows) ? 0 : r; /* never read outside the table */

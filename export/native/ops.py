@@ -9,6 +9,10 @@ An op outside this table is a one-line error naming it, never a silent fallback.
 
 from __future__ import annotations
 
+from ...python_support import require_compiler_python
+
+require_compiler_python()  # before numpy / onnx: on Python 3.8 one line says what to do
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,8 +219,8 @@ class Emitter:
         idx = self.t(node.input[1])
         if idx.value is not None and len(d.shape) > 1 and (attr(node, "axis", 0) or idx.numel == 1):
             return self._pick(d, o, attr(node, "axis", 0) % len(d.shape), idx)
-        if attr(node, "axis", 0) != 0 or d.batched or self.t(node.input[1]).dtype != "int64":
-            raise EdgelmError("the native C target gathers rows of a stored table by int64 ids only")
+        if attr(node, "axis", 0) != 0 or d.batched or idx.dtype != self.plan.tensors["byte_ids"].dtype:
+            raise EdgelmError("the native C target gathers rows of a stored table by byte ids only")
         row = int(np.prod(d.shape[1:], dtype=np.int64)) * np.dtype(d.dtype).itemsize
         return f"el_gather({self.ptr(o.name)}, {self.ptr(d.name)}, {ids.ptr}, (size_t){self.count(ids)}, {d.shape[0]}, {row});"
 

@@ -19,12 +19,17 @@ the probe already knows every shape they would produce.
 
 from __future__ import annotations
 
+from ...python_support import require_compiler_python
+
+require_compiler_python()  # before numpy / onnx: on Python 3.8 one line says what to do
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import EdgelmError
+from ...runtime.onnx_data import add_weights
 
 ALIGN = 64  # bytes: every scratch tensor starts on a cache line (per stream, so for every batch)
 ALIAS_OPS = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
@@ -92,9 +97,9 @@ def probe(model, weights: Path, batches=(2, 3)) -> dict[int, dict[str, np.ndarra
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    data = np.fromfile(weights, np.uint8)
-    opts.add_external_initializers_from_files_in_memory([weights.name], [data], [len(data)])
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    graph = m.SerializeToString()
+    kept = add_weights(ort, opts, graph, {weights.name: np.fromfile(weights, np.uint8)}, weights.name)  # noqa: F841 - outlives sess
+    sess = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     out = {}
     for b in batches:
@@ -109,7 +114,8 @@ def _feeds(inputs, batch: int) -> dict[str, np.ndarray]:
     feeds = {}
     for i in inputs:
         shape = [batch if isinstance(d, str) or d is None else d for d in i.shape]
-        feeds[i.name] = (rng.integers(0, 256, shape).astype(np.int64) if i.name == "byte_ids"
+        ids = np.int32 if i.type == "tensor(int32)" else np.int64  # int32 on TensorRT 8 targets
+        feeds[i.name] = (rng.integers(0, 256, shape).astype(ids) if i.name == "byte_ids"
                          else rng.standard_normal(shape).astype(np.float32))
     return feeds
 

@@ -28,8 +28,9 @@ class Backend:
         shapes = [(max_streams, *s.shape) for s in bundle.state]
         self.state_in = [np.zeros(s, np.float32) for s in shapes]
         self.state_out = [np.zeros(s, np.float32) for s in shapes]
-        self.ids_step = np.zeros((max_streams,), np.int64)
-        self.ids_prefill = np.zeros((max_streams, self.chunk), np.int64)
+        graphs = bundle.manifest.graphs  # byte ids as the graphs take them: int64, int32 for TensorRT 8
+        self.ids_step = np.zeros((max_streams,), graphs["step"].ids_dtype)
+        self.ids_prefill = np.zeros((max_streams, self.chunk), graphs["prefill"].ids_dtype)
         self.logits = np.zeros((max_streams, VOCAB), np.float32)
         self._logits_row = self.logits[0]
         self.parity = 0  # flips every call: which physical buffer is state_in
