@@ -4,7 +4,7 @@
  * outputs along N, so the compiler vectorises the inner loops over N. Rows of x are taken 4 at
  * a time where there are 4 (many streams, prefill chunks): each weight row is then read once
  * for 4 rows of output.
- * el_exp is a branch-free exp (Cephes' polynomial, ~1 ulp) that vectorises inside loops;
+ * el_exp / el_log are branch-free exp and log (Cephes' polynomials, ~1 ulp) that vectorise inside loops;
  * libm's expf does not without -ffast-math, and the SSM decay runs it 3k times a step.
  */
 #include <math.h>
@@ -44,6 +44,34 @@ static inline float el_exp(float x) {
     union { int32_t i; float f; } two_n;
     two_n.i = ((int32_t)n + 127) << 23;
     return p * two_n.f;
+}
+
+/* Cephes' logf (~1 ulp) without branches, so that loops vectorise (libm's logf does not without
+ * -ffast-math; mamba's softplus runs it Di times a layer, ~10% of a step): x = m 2^e with m in
+ * [sqrt(1/2), sqrt(2)), log x = e ln 2 + log(m) by a polynomial in m - 1. Subnormals are scaled
+ * by 2^23 first; 0, negatives, infinities and NaN give what logf gives. */
+static inline float el_log(float x) {
+    const int sub = x < 1.17549435e-38f;
+    union { float f; int32_t i; } u;
+    u.f = sub ? x * 8388608.0f : x;
+    int32_t e = ((u.i >> 23) & 0xff) - 126;
+    u.i = (u.i & 0x007fffff) | 0x3f000000; /* m in [0.5, 1) */
+    const int low = u.f < 0.707106781186547524f;
+    const float m = low ? u.f + u.f - 1.0f : u.f - 1.0f;
+    const float fe = (float)(e - low) - (sub ? 23.0f : 0.0f);
+    const float z = m * m;
+    float y = 7.0376836292e-2f;
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z - 2.12194440e-4f * fe - 0.5f * z;
+    const float r = m + y + 0.693359375f * fe;
+    return x > 0.0f ? (x < INFINITY ? r : x) : (x == 0.0f ? -INFINITY : NAN);
 }
 
 static inline float el_sigmoid(float x) { return 1.0f / (1.0f + el_exp(-x)); }

@@ -21,7 +21,7 @@ from onnx import helper
 from ...errors import EdgelmError
 from .plan import Plan, Tensor
 
-UNARY = {"Sigmoid": "el_sigmoid({0})", "Tanh": "el_tanh({0})", "Exp": "el_exp({0})", "Log": "logf({0})",
+UNARY = {"Sigmoid": "el_sigmoid({0})", "Tanh": "el_tanh({0})", "Exp": "el_exp({0})", "Log": "el_log({0})",
          "Sqrt": "sqrtf({0})", "Relu": "({0} > 0.0f ? {0} : 0.0f)", "Abs": "fabsf({0})", "Neg": "(-{0})",
          "Reciprocal": "(1.0f / {0})", "Softplus": "({0} > 0.0f ? {0} : 0.0f) + log1pf(el_exp(-fabsf({0})))"}
 BINARY = {"Add": "{0} + {1}", "Sub": "{0} - {1}", "Mul": "{0} * {1}", "Div": "{0} / {1}",
