@@ -10,7 +10,7 @@ DEMO_MODEL ?= models/mamba-tiny.pt
 HELDOUT = $$($(PY) -c 'import textwrap; print(textwrap.__file__)')
 DEMO_OUT ?= build/demo
 
-.PHONY: install install-min cross-tools demo test clean bench bench-native mutate mutate-report quant-bench import-bench profile-bench
+.PHONY: install install-min cross-tools demo test clean bench bench-native bench-peers mutate mutate-report quant-bench import-bench profile-bench
 
 install: $(VENV)/.installed
 
@@ -95,6 +95,13 @@ bench: install
 # same bundles (fp32 and w8a8), batch 1 interleaved, 64 streams, 4 KB prefill, the GEMM floor.
 bench-native: install
 	$(PY) bench/native_bench.py --out bench/results/native_bench.json
+
+# Issue 16's benchmark (not part of `make bench` or CI): edgelm against llama.cpp on the same Mamba
+# weights, one thread. llama.cpp's source comes from the llama-cpp-python sdist on PyPI; llama-bench
+# and llama-batched-bench are built once into PEERS_CACHE (~/.cache/edgelm-peers; ~10 min on 2
+# cores). Writes bench/results/llamacpp_bench.{json,md}.
+bench-peers: install
+	$(PY) bench/llamacpp_bench.py --out bench/results/llamacpp_bench.json
 
 # Mutation testing (not part of `make test` or CI: hours on 2 cores). Builds build/mutate/<group>/
 # workspaces and writes bench/results/mutation.json; see bench/mutation.py. MUTATE_MODULES picks
