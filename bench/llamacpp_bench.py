@@ -13,7 +13,7 @@ by both sides:
   - edgelm: the same directory imported and exported for --target cpu at fp32, and quantized w8a8
     (calibrated on bench_edgelm's calibration text) and exported at int8; each bundle measured on
     its native C backend and on ONNX Runtime, one thread: greedy decode at batch 1 through
-    Session/Stream (median over interleaved rounds), prefill of 512 and 4096 bytes
+    Session/Stream (native_bench.latency: 7 interleaved rounds of 150 bytes), prefill of 512 and 4096 bytes
     (profiler.prompt_timing) and 8 / 64 streams through a Scheduler (profiler.throughput).
 Writes bench/results/llamacpp_bench.{json,md}.
 
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from bench import machine  # noqa: E402
 from bench_edgelm import write_calibration  # noqa: E402
-from latency import EdgelmRunner  # noqa: E402
+from native_bench import BACKENDS, latency  # noqa: E402
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the sdist that vendors llama.cpp (its commit is recorded in the results)
 CACHE = Path(os.environ.get("PEERS_CACHE", Path.home() / ".cache" / "edgelm-peers"))
@@ -51,9 +51,8 @@ TOOLS = ("llama-bench", "llama-batched-bench")
 # that size gives a w8a8 model whose int8 graphs fail export validation (mean |dlogit| 0.10 >
 # 0.05): random weights, not a trained model's, so the preset's initialisation is used there.
 MODELS = {"tiny": dict(hidden_size=128, num_hidden_layers=3, state_size=16), "small": "mamba-small"}
-BACKENDS = ("native", "onnxruntime")
 PRECISIONS = {"fp32": "f32", "int8": "q8_0"}  # edgelm precision -> the GGUF type it is held against
-ROUNDS, DECODE_BYTES, PREFILL, STREAMS, STREAM_BYTES = 7, 200, (512, 4096), (8, 64), 64
+PREFILL, STREAMS, STREAM_BYTES = (512, 4096), (8, 64), 64
 
 
 # ---------------------------------------------------------------- llama.cpp: source, build, runs
@@ -155,26 +154,12 @@ def edgelm_bundles(hf_dir: Path, work: Path, calib: Path) -> dict:
     return {"fp32": fp32, "int8": int8}
 
 
-def decode(bundle: Path) -> dict:
-    """Greedy bytes/s at batch 1 per backend: medians of interleaved rounds (bench/latency.py)."""
-    from edgelm.runtime import Session
-
-    sessions = {b: Session.open(bundle, backend=b) for b in BACKENDS}
-    runners = {b: EdgelmRunner(s) for b, s in sessions.items()}
-    meds: dict = {b: [] for b in BACKENDS}
-    for _ in range(ROUNDS):
-        for b, r in runners.items():
-            meds[b].append(statistics.median(r.times(DECODE_BYTES)))
-    for s in sessions.values():
-        s.close()
-    return {b: round(1e6 / statistics.median(m), 1) for b, m in meds.items()}
-
-
 def edgelm_measure(bundle: Path) -> dict:
     from edgelm.runtime import Session
     from edgelm.runtime.profiler import prompt_timing, throughput
 
-    row: dict = {"decode": decode(bundle)}
+    # batch-1 greedy decode, both backends interleaved (native_bench.latency: µs per byte)
+    row: dict = {"decode": {b: round(1e6 / us, 1) for b, us in latency(bundle).items()}}
     for b in BACKENDS:
         with Session.open(bundle, backend=b, max_streams=max(STREAMS)) as sess:
             for n in PREFILL:

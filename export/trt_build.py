@@ -32,6 +32,7 @@ from ..errors import EdgelmError
 from ..precision import get as precision_of
 from ..fileio import atomic_write_bytes, check_output_file
 from ..runtime import manifest as fmt
+from ..runtime.backends.trt import api_version  # TensorRT's version -> (major, minor), one parser
 from ..runtime.manifest import Artifact, Manifest, TensorSpec
 
 if TYPE_CHECKING:
@@ -71,17 +72,12 @@ def workspace_bytes(profile: DeviceProfile) -> int:
     return max(MIN_WORKSPACE, min(MAX_WORKSPACE, budget)) // MIB * MIB
 
 
-def _version_tuple(version: str) -> tuple[int, int]:
-    parts = [int(p) for p in version.split(".")[:2]]
-    return (parts[0], parts[1] if len(parts) > 1 else 0)
-
-
 def _oldest_tensorrt(profile: DeviceProfile) -> tuple[int, int]:
     """The oldest TensorRT the target may have: the script's flags must work on all of them."""
     if not profile.tensorrt_versions:
         raise EdgelmError(f"target {profile.name} has no TensorRT; TensorRT engines are for NVIDIA GPUs "
                           "(re-export with a GPU or Jetson --target)")
-    return min(_version_tuple(v) for v in profile.tensorrt_versions)
+    return min(api_version(v) for v in profile.tensorrt_versions)
 
 
 def _shape_arg(shapes: Shapes, which: int) -> str:
@@ -191,7 +187,7 @@ class BuilderApi:
     def installed(cls) -> BuilderApi:
         import tensorrt as trt
 
-        return cls(_version_tuple(trt.__version__))
+        return cls(api_version(trt.__version__))
 
     @property
     def strongly_typed(self) -> bool:

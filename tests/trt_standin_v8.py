@@ -58,61 +58,27 @@ import onnx
 import trt_standin as ts
 from trt_standin import _Absent
 
-class DataType82(enum.IntEnum):
-    FLOAT = 0
-    HALF = 1
-    INT8 = 2
-    INT32 = 3
-    BOOL = 4
+# The 8.x enums in value order (the docs' member lists): 8.5 appends to 8.2's, values unchanged.
+DATA_TYPES_82 = ("FLOAT", "HALF", "INT8", "INT32", "BOOL")
+BUILDER_FLAGS_82 = ("FP16", "INT8", "DEBUG", "GPU_FALLBACK", "STRICT_TYPES", "REFIT", "DISABLE_TIMING_CACHE",
+                    "TF32", "SPARSE_WEIGHTS", "SAFETY_SCOPE", "OBEY_PRECISION_CONSTRAINTS",
+                    "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO", "REJECT_EMPTY_ALGORITHMS")
 
 
-class DataType85(enum.IntEnum):
-    FLOAT = 0
-    HALF = 1
-    INT8 = 2
-    INT32 = 3
-    BOOL = 4
-    UINT8 = 5
+def _enum(name: str, members: tuple) -> Any:
+    """An IntEnum numbering `members` from 0, as TensorRT's bindings do."""
+    return enum.IntEnum(name, [(m, i) for i, m in enumerate(members)])  # type: ignore[misc]
+
+
+DataType82 = _enum("DataType", DATA_TYPES_82)
+DataType85 = _enum("DataType", DATA_TYPES_82 + ("UINT8",))
+BuilderFlag82 = _enum("BuilderFlag", BUILDER_FLAGS_82)
+BuilderFlag85 = _enum("BuilderFlag", BUILDER_FLAGS_82 + ("ENABLE_TACTIC_HEURISTIC",))
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
     EXPLICIT_BATCH = 0
     EXPLICIT_PRECISION = 1
-
-
-class BuilderFlag82(enum.IntEnum):
-    FP16 = 0
-    INT8 = 1
-    DEBUG = 2
-    GPU_FALLBACK = 3
-    STRICT_TYPES = 4
-    REFIT = 5
-    DISABLE_TIMING_CACHE = 6
-    TF32 = 7
-    SPARSE_WEIGHTS = 8
-    SAFETY_SCOPE = 9
-    OBEY_PRECISION_CONSTRAINTS = 10
-    PREFER_PRECISION_CONSTRAINTS = 11
-    DIRECT_IO = 12
-    REJECT_EMPTY_ALGORITHMS = 13
-
-
-class BuilderFlag85(enum.IntEnum):
-    FP16 = 0
-    INT8 = 1
-    DEBUG = 2
-    GPU_FALLBACK = 3
-    STRICT_TYPES = 4
-    REFIT = 5
-    DISABLE_TIMING_CACHE = 6
-    TF32 = 7
-    SPARSE_WEIGHTS = 8
-    SAFETY_SCOPE = 9
-    OBEY_PRECISION_CONSTRAINTS = 10
-    PREFER_PRECISION_CONSTRAINTS = 11
-    DIRECT_IO = 12
-    REJECT_EMPTY_ALGORITHMS = 13
-    ENABLE_TACTIC_HEURISTIC = 14
 
 
 class MemoryPoolType85(enum.IntEnum):

@@ -194,8 +194,7 @@ class _Engine:
     def _check_io(self, ins: tuple[TensorSpec, ...], outs: tuple[TensorSpec, ...]) -> str:
         """Refuse an engine whose I/O is not the manifest's; return its byte_ids type."""
         bundle = self.backend.bundle
-        want = next(t.dtype for t in bundle.manifest.expected_io(self.graph)[0] if t.name == "byte_ids")
-        bundle.check_io(self.graph, _ids_as(ins, want), outs)
+        bundle.check_io(self.graph, _ids_as(ins, bundle.manifest.graphs[self.graph].ids_dtype), outs)
         return next(t.dtype for t in ins if t.name == "byte_ids")
 
     def free(self) -> None:
