@@ -28,6 +28,8 @@ from ..fileio import atomic_dir, atomic_write_text, check_writable
 from ..runtime import manifest as fmt
 from ..runtime.bundle import load_bundle, sha256_file
 from ..runtime.manifest import Artifact, GraphSpec, Manifest, StateTensor, TensorSpec, graph_io, state_io
+from .native import PER_POSITION_GRAPH
+from .native import unsupported as native_unsupported
 from .onnx_export import OPSET
 from .trt_ops import check_tensorrt_compat, target_opset
 
@@ -139,7 +141,11 @@ def _graphs(tmp: Path, model: ByteLM, profile, precision: Precision, chunk: int,
     export_prefill(model, prefill, precision.name, chunk, opset, form, profile.byte_ids_dtype)
     state = _state(model)
     graphs = {"step": _graph(step, None, profile, state), "prefill": _graph(prefill, chunk, profile, state)}
-    share_weights([step, prefill], tmp / fmt.WEIGHTS)
+    extra = []  # the C target's own prefill form: compiled, checked, never shipped (see _native)
+    if _native_prefill(model.arch) == "per_position" and native_unsupported(precision.name) is None:
+        extra = [tmp / PER_POSITION_GRAPH]
+        export_prefill(model, extra[0], precision.name, chunk, opset, form, profile.byte_ids_dtype, per_position=True)
+    share_weights([step, prefill, *extra], tmp / fmt.WEIGHTS)
     validation = validate(model, step, prefill, precision, chunk, reference)
     validation["tensorrt_ops"] = "ok" if profile.tensorrt_versions else "n/a (no TensorRT on this target)"
     return graphs, validation
@@ -168,12 +174,16 @@ def _native(tmp: Path, manifest: Manifest, profile, native: bool) -> tuple[list[
     reason = unsupported(manifest.precision)
     if reason:
         return [], {"status": f"none: {reason}"}, None
+    mode = _native_prefill(manifest.arch)
+    prefill = {"step": None, "graph": manifest.graphs["prefill"].file, "per_position": PER_POSITION_GRAPH}[mode]
     try:  # the C is an addition: a graph it cannot express still exports, without C
-        names = generate(tmp, manifest, step_loop=_step_loop(manifest.arch))
+        names = generate(tmp, manifest, prefill)
     except EdgelmError as exc:
         for name in fmt.NATIVE_SOURCES:
             (tmp / name).unlink(missing_ok=True)
         return [], {"status": f"none: {exc}"}, None
+    finally:
+        (tmp / PER_POSITION_GRAPH).unlink(missing_ok=True)  # its weights are in weights.bin
     atomic_write_text(tmp / fmt.NATIVE_SCRIPT, nb.build_script(profile))
     cc = nb.compiler()
     if not native or cc is None:
@@ -190,11 +200,11 @@ def _native(tmp: Path, manifest: Manifest, profile, native: bool) -> tuple[list[
     return [*names, fmt.NATIVE_SCRIPT], result, nb.library_artifact("", data, version, flags)
 
 
-def _step_loop(arch: str) -> bool:
-    """Whether the C target runs a prefill chunk as a loop of its step (see NATIVE_CHUNK_GRAPH)."""
+def _native_prefill(arch: str) -> str:
+    """How the C target runs a prefill chunk: "step", "graph" or "per_position" (see NATIVE_PREFILL)."""
     from .fused import fused_form
 
-    return not fused_form(arch).NATIVE_CHUNK_GRAPH
+    return fused_form(arch).NATIVE_PREFILL
 
 
 def _write_bundle(tmp: Path, model: ByteLM, profile, precision: Precision, chunk: int, est: dict,

@@ -100,12 +100,19 @@ def export_step(model: ByteLM, path: str | Path, precision: str = "fp32", opset:
 
 def export_prefill(model: ByteLM, path: str | Path, precision: str = "fp32",
                    chunk: int | None = None, opset: int = OPSET, form: nn.Module | None = None,
-                   ids: str = "int64") -> None:
-    """The prefill graph over `chunk` bytes (default: the form's PREFILL_CHUNK)."""
+                   ids: str = "int64", per_position: bool = False) -> None:
+    """The prefill graph over `chunk` bytes (default: the form's PREFILL_CHUNK). per_position:
+    the layers' recurrence per position (ResidualLayer.PER_POSITION; the native C target's form)."""
     step = form or fuse(model, _compute_dtype(precision))
     chunk = step.PREFILL_CHUNK if chunk is None else chunk
-    module = FusedPrefill(step, chunk)
-    _export(module, example_args(model, chunk=chunk), Path(path), model, opset, ids)
+    layers = [m for m in step.modules() if hasattr(m, "PER_POSITION")]
+    for m in layers:
+        m.PER_POSITION = per_position
+    try:
+        _export(FusedPrefill(step, chunk), example_args(model, chunk=chunk), Path(path), model, opset, ids)
+    finally:
+        for m in layers:
+            del m.PER_POSITION  # back to the class's default
 
 
 def export_naive_step(model: ByteLM, path: str | Path, opset: int = OPSET) -> None:

@@ -43,6 +43,23 @@ def test_the_chunk_path_computes_what_stepping_computes(arch, block):
         assert g.shape == w.shape and (g - w).abs().max() < 2e-5
 
 
+@torch.no_grad()
+def test_mamba_s_per_position_form_computes_what_stepping_computes():
+    """The form the native C target compiles for Mamba's prefill (NATIVE_PREFILL "per_position"):
+    chunk-wide matmuls, the selective scan one position at a time."""
+    model = load_model(MODELS / "mamba-tiny.pt")
+    form = fuse(model)
+    ids = torch.tensor(list(TEXT[:32]) + list(TEXT[16:48])).reshape(2, 32)
+    _, state = unrolled(form, ids[:, :16], list(model.init_state(2)))
+    want_x, want = unrolled(form, ids[:, 16:], state)
+    for layer in form.layers:
+        layer.PER_POSITION = True
+    got_x, got = form.prefill_core(ids[:, 16:], state)
+    assert (got_x - want_x).abs().max() < 2e-5
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and (g - w).abs().max() < 2e-5
+
+
 def test_chunk_scan_matches_the_recurrence_at_every_block():
     g = torch.Generator().manual_seed(0)
     log_a = -torch.rand(2, 9, 3, 5, generator=g) * 30  # decays from ~1 to e^-30: no overflow, no NaN

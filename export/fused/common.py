@@ -143,12 +143,17 @@ class FusedLM(Frozen):
     # faster there). bench/results/prefill_chunk.json; no GPU or Jetson was measured (they get the
     # same), and `edgelm export --chunk` overrides it.
     PREFILL_CHUNK: ClassVar[int] = 32
-    # Whether the native C target compiles the prefill graph (True) or runs the chunk as a loop of
-    # its step (False: the default, and what an unrolled prefill graph is anyway). Compiled C has
-    # no per-node cost, so the chunk path pays only where it reads each weight once per chunk and
-    # its scan stays small: minGRU 123k vs 67k bytes/s, RG-LRU 111k vs 61k; Mamba's (C, N, Di)
-    # decay tensors make it slower there, 27k vs 33k (x86, tiny models, batch 1; export/native).
-    NATIVE_CHUNK_GRAPH: ClassVar[bool] = False
+    # How the native C target runs a prefill chunk (export/native). Measured on the x86 CPU, batch
+    # 1, a 512-byte prompt through the C API, best of 20-200 runs, median of 3 rounds:
+    #   "step"          a loop of its C step (the default, and what an unrolled prefill graph is)
+    #   "graph"         the bundle's prefill graph compiled: matmuls read each weight once per
+    #                   chunk (tiny minGRU 184k vs 74k bytes/s step, RG-LRU 167k vs 76k)
+    #   "per_position"  a prefill graph exported with the layers' PER_POSITION on, compiled and
+    #                   checked against the bundle's: chunk-wide matmuls, the recurrence one
+    #                   position at a time (Mamba, whose chunk graph holds (C, N, Di) scan tensors:
+    #                   0.42M 74k vs 54k graph vs 36k step; small 7.1k vs 5.8k vs 2.6k). ONNX
+    #                   Runtime runs that form ~20% slower (a node costs it more than the work).
+    NATIVE_PREFILL: ClassVar[str] = "step"
 
     def forward(self, byte_ids: torch.Tensor, *state: torch.Tensor):
         """One byte: byte_ids (B,) int64, states fp32 -> logits (B, 256) fp32, states fp32."""
@@ -243,6 +248,10 @@ class ResidualLayer(Frozen):
     # widths a node costs more than the L^2 work it would save. Larger blocks trade nodes for
     # work, which suits GPUs (not measured here: no GPU was lent); tests cover every block.
     SCAN_BLOCK = 1
+    # The chunk path as the step's recurrence at each position (where a layer has that form):
+    # many small nodes instead of chunk-wide tensors. Off for ONNX Runtime (a node costs more
+    # than its work); the native C target's prefill (see FusedLM.NATIVE_PREFILL).
+    PER_POSITION = False
 
     def __init__(self, block: nn.Module, eps: float, dtype: torch.dtype):
         super().__init__(dtype)

@@ -36,10 +36,16 @@ class MambaLayer(ResidualLayer):
         dt, bc = self.mm("w_x", u).split([self.r, 2 * self.n], dim=-1)  # (B, R), (B, 2N)
         dt = _Softplus.apply(self.mm("w_dt", dt, self.b_dt)).unsqueeze(1)  # (B, 1, Di)
         b, c = bc.unsqueeze(1).split([self.n, self.n], dim=-1)  # (B, 1, N) each
-        ssm = torch.exp(dt * self.A) * ssm + (dt * u.unsqueeze(1)) * b.transpose(1, 2)  # (B, N, Di)
-        y = torch.matmul(c, ssm).reshape(-1, self.di) + self.D * u  # (B, Di)
+        y, ssm = self.recur(dt, u.unsqueeze(1), b, c, ssm)
+        y = y.reshape(-1, self.di) + self.D * u  # (B, Di)
         self.observe("ssm_out", y)
         return y, ssm
+
+    def recur(self, dt, u, b, c, ssm):
+        """One position of the selective scan: dt, u (B, 1, Di), b, c (B, 1, N), ssm (B, N, Di)
+        -> y (B, 1, Di), ssm."""
+        ssm = torch.exp(dt * self.A) * ssm + (dt * u) * b.transpose(1, 2)  # (B, N, Di)
+        return torch.matmul(c, ssm), ssm
 
     def step(self, x, conv, ssm):
         """x (B, D) float32 residual stream, conv (B, K-1, Di), ssm (B, N, Di) -> x, conv, ssm."""
@@ -58,15 +64,24 @@ class MambaLayer(ResidualLayer):
         u = u * torch.sigmoid(u)  # silu
         dt, bc = self.mm("w_x", u).split([self.r, 2 * self.n], dim=-1)  # (B, C, R), (B, C, 2N)
         dt = _Softplus.apply(self.mm("w_dt", dt, self.b_dt))  # (B, C, Di)
-        b, c = bc.unsqueeze(2).split([self.n, self.n], dim=-1)  # (B, C, 1, N) each
-        log_a = dt.unsqueeze(2) * self.A  # (B, C, N, Di)
-        hs, ssm = chunk_scan(torch.exp(log_a), (dt * u).unsqueeze(2) * b.transpose(2, 3), ssm, self.SCAN_BLOCK, log_a)
-        y = torch.matmul(c, hs).reshape(-1, int(x.shape[1]), self.di) + self.D * u  # (B, C, Di)
+        if self.PER_POSITION:  # the step's recurrence at each position: no (B, C, N, Di) tensor
+            ys = []
+            for dt_t, u_t, bc_t in zip(dt.split(1, dim=1), u.split(1, dim=1), bc.split(1, dim=1)):  # (B, 1, *)
+                y_t, ssm = self.recur(dt_t, u_t, *bc_t.split([self.n, self.n], dim=-1), ssm)
+                ys.append(y_t)
+            y = torch.cat(ys, dim=1) + self.D * u  # (B, C, Di)
+        else:
+            b, c = bc.unsqueeze(2).split([self.n, self.n], dim=-1)  # (B, C, 1, N) each
+            log_a = dt.unsqueeze(2) * self.A  # (B, C, N, Di)
+            hs, ssm = chunk_scan(torch.exp(log_a), (dt * u).unsqueeze(2) * b.transpose(2, 3), ssm, self.SCAN_BLOCK,
+                                 log_a)
+            y = torch.matmul(c, hs).reshape(-1, int(x.shape[1]), self.di) + self.D * u  # (B, C, Di)
         x = x + self.to_f(self.mm("w_out", y * (z * torch.sigmoid(z)), self.b_out))
         return x, conv, ssm
 
 
 class FusedMamba(FusedResidual):
+    NATIVE_PREFILL = "per_position"  # measured (see FusedLM.NATIVE_PREFILL)
     Layer = MambaLayer
 
 

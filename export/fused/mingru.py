@@ -42,7 +42,7 @@ class MinGRULayer(ResidualLayer):
 
 class FusedMinGRU(FusedResidual):
     PREFILL_CHUNK = 64  # measured (see FusedLM.PREFILL_CHUNK)
-    NATIVE_CHUNK_GRAPH = True  # measured (see FusedLM.NATIVE_CHUNK_GRAPH)
+    NATIVE_PREFILL = "graph"  # measured (see FusedLM.NATIVE_PREFILL)
     Layer = MinGRULayer
 
 

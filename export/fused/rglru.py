@@ -61,7 +61,7 @@ class RGLRULayer(ResidualLayer):
 
 class FusedRGLRU(FusedResidual):
     PREFILL_CHUNK = 64  # measured (see FusedLM.PREFILL_CHUNK)
-    NATIVE_CHUNK_GRAPH = True  # measured (see FusedLM.NATIVE_CHUNK_GRAPH)
+    NATIVE_PREFILL = "graph"  # measured (see FusedLM.NATIVE_PREFILL)
     Layer = RGLRULayer
 
 

@@ -1,8 +1,10 @@
 """The native C target: a bundle's step and prefill graphs as dependency-free C99.
 
     plan.py     graph -> buffer plan (shapes probed in ONNX Runtime, weights at their
-                weights.bin offsets, scratch reused by liveness, in-place state)
-    ops.py      one C emitter per ONNX op
+                weights.bin offsets, scratch reused by liveness, in-place state, runs of
+                elementwise ops fused into one loop)
+    cexpr.py    the C text of operands, elementwise ops and literals
+    ops.py      one C emitter per ONNX op (matmul.py: the matmuls)
     kernels.h   the matmul / exp / quantize kernels pasted into model.c
     emit.py     model.h (the ABI, declared once) and model.c
     build.py    the host's C compiler -> the bundle's shared library; build_native.sh
@@ -20,6 +22,7 @@ from ...errors import EdgelmError
 
 NATIVE_PRECISIONS = ("fp32", "int8")
 SOURCES = ("model.h", "model.c")
+PER_POSITION_GRAPH = "prefill.per_position.onnx"  # written and removed during export: never in a bundle
 
 
 def unsupported(precision: str) -> str | None:
@@ -29,11 +32,11 @@ def unsupported(precision: str) -> str | None:
     return f"the native C target runs fp32 and int8 bundles, not {precision}"
 
 
-def generate(directory: Path, manifest, step_loop: bool = False) -> list[str]:
+def generate(directory: Path, manifest, prefill: str | None) -> list[str]:
     """Write model.h and model.c for the bundle in `directory` (its graphs and weights.bin).
-    step_loop: C runs a chunk as a loop of the step instead of compiling the prefill graph: the
-    same arithmetic where that graph is the step unrolled (LSTM, GRU), and where the chunk path is
-    slower in C (the fused form's NATIVE_CHUNK_GRAPH says which, as measured)."""
+    prefill: the graph file C compiles for a prefill chunk (the bundle's prefill graph, or the
+    form's per-position prefill beside it), or None: C runs a chunk as a loop of its step. The
+    fused form's NATIVE_PREFILL says which, as measured."""
     import onnx
 
     from ...runtime import manifest as fmt
@@ -45,8 +48,9 @@ def generate(directory: Path, manifest, step_loop: bool = False) -> list[str]:
         raise EdgelmError(reason)
     state = [(s.input, s.output) for s in manifest.state]
     weights = directory / fmt.WEIGHTS
+    files = {"step": manifest.graphs["step"].file, **({"prefill": prefill} if prefill else {})}
     plans = {}
-    for g in fmt.GRAPHS[:1] if step_loop else fmt.GRAPHS:
-        model = onnx.load(str(directory / manifest.graphs[g].file), load_external_data=False)
+    for g, file in files.items():
+        model = onnx.load(str(directory / file), load_external_data=False)
         plans[g] = build_plan(model, weights, g, state)
     return write_sources(directory, manifest, plans, weights.read_bytes())

@@ -186,7 +186,7 @@ def graph_function(plan: Plan, emitter: Emitter) -> str:
 
 STEP_LOOP = """static void run_prefill(const uint8_t *W, size_t B, const edgelm_id_t *byte_ids, float *const *sin,
                         float *const *sout, float *logits, uint8_t *S) {{
-    /* this architecture runs a chunk as its step, byte by byte, state in place (NATIVE_CHUNK_GRAPH) */
+    /* this architecture runs a chunk as its step, byte by byte, state in place (NATIVE_PREFILL) */
     edgelm_id_t *col = (edgelm_id_t *)(S + B * {step_scratch});
     for (int t = 0; t < {chunk}; t++) {{
         for (size_t b = 0; b < B; b++) col[b] = byte_ids[b * {chunk} + t];
@@ -215,7 +215,7 @@ def model_c(manifest, plans: dict[str, Plan]) -> str:
     kernels = resources.files(__package__).joinpath("kernels.h").read_text()
     emitters = {g: Emitter(p, f"{g}") for g, p in plans.items()}
     functions = [graph_function(plans[g], emitters[g]) for g in plans]
-    if "prefill" not in plans:  # a chunk is a loop of the step (see generate's step_loop)
+    if "prefill" not in plans:  # a chunk is a loop of the step (see generate)
         functions.append(STEP_LOOP.format(step_scratch=plans["step"].scratch_per_stream, chunk=manifest.prefill_chunk))
     consts = [line for e in emitters.values() for line in e.globals]
     numels = ", ".join(str(s.numel) for s in manifest.state)

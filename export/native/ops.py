@@ -2,7 +2,8 @@
 
 Elementwise ops share one loop writer: broadcasting becomes zero strides, adjacent dimensions
 that stride alike merge, and the innermost loop is contiguous where the output is, so the
-compiler vectorises it. Matmuls call the kernels in kernels.h; DequantizeLinear of a stored
+compiler vectorises it. A run of them that the plan fused (an ElementwiseGroup) is one such loop
+with a local per member. Matmuls call the kernels in kernels.h; DequantizeLinear of a stored
 weight is fused into them by the plan (the int8 weight is read as int8).
 An op outside this table is a one-line error naming it, never a silent fallback.
 """
@@ -13,51 +14,18 @@ from ...python_support import require_compiler_python
 
 require_compiler_python()  # before numpy / onnx: on Python 3.8 one line says what to do
 
-from dataclasses import dataclass
-
 import numpy as np
-from onnx import helper
-
 from ...errors import EdgelmError
+from .matmul import MatMulOps
+from .cexpr import BINARY, UNARY, View, attr, broadcast, contiguous, data_inputs, fmt_float, out_name, split_at
 from .plan import Plan, Tensor
 
-UNARY = {"Sigmoid": "el_sigmoid({0})", "Tanh": "el_tanh({0})", "Exp": "el_exp({0})", "Log": "el_log({0})",
-         "Sqrt": "sqrtf({0})", "Relu": "({0} > 0.0f ? {0} : 0.0f)", "Abs": "fabsf({0})", "Neg": "(-{0})",
-         "Reciprocal": "(1.0f / {0})", "Softplus": "({0} > 0.0f ? {0} : 0.0f) + log1pf(el_exp(-fabsf({0})))"}
-BINARY = {"Add": "{0} + {1}", "Sub": "{0} - {1}", "Mul": "{0} * {1}", "Div": "{0} / {1}",
-          "Max": "({0} > {1} ? {0} : {1})", "Min": "({0} < {1} ? {0} : {1})"}
-
-
-@dataclass
-class View:
-    """An operand of a loop: a C pointer expression over a shape (dim 0 x batch when batched)."""
-
-    ptr: str
-    shape: tuple[int, ...]
-    batched: bool = False
-    ctype: str = "float"
-
-
-def attr(node, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def fmt_float(v: float) -> str:
-    if np.isnan(v):
-        return "NAN"
-    if np.isinf(v):
-        return "INFINITY" if v > 0 else "-INFINITY"
-    return f"{float(np.float32(v))!r}f"
-
-
-class Emitter:
+class Emitter(MatMulOps):
     def __init__(self, plan: Plan, prefix: str):
         self.plan, self.prefix = plan, prefix
         self.consts: dict[str, str] = {}  # const tensor -> its C array's name
-        self.globals: list[str] = []  # the const arrays' definitions
+        self.globals: list[str] = []  # the const arrays' and loop functions' definitions
+        self.loop_fns: dict[str, str] = {}  # a fused loop's text -> its function's name
 
     # -- operands ------------------------------------------------------------------------
     def t(self, name: str) -> Tensor:
@@ -98,8 +66,20 @@ class Emitter:
     def loops(self, shape: tuple[int, ...], batched: bool, dst: tuple[View, list[int]],
               srcs: list[tuple[View, list[int]]], expr: str, op: str = "=") -> str:
         """dst[...] op expr(src_k[...]) over `shape`, each operand with its stride per axis."""
+        ptrs, loops, at, inner = self._nest(shape, batched, [dst, *srcs])
+        elems = [at(k + 1, f"a{k}") for k in range(len(srcs))]
+        decls = [f"  {decl} = {ptr};" for decl, ptr in ptrs]
+        return "{" + "\n".join([*decls, *loops])[1:] + (f"\n  for (size_t j = 0; j < (size_t)({inner}); j++) "
+                                                         f"{at(0, 'o')} {op} {expr.format(*elems)}; }}")
+
+    @staticmethod
+    def _nest(shape: tuple[int, ...], batched: bool, operands: list[tuple[View, list[int]]], outs: int = 1):
+        """The loop nest over `shape` for operands (view, stride per axis), the first `outs` of them
+        written (o, o1, ...) and the rest read (a0, a1, ...): ((declaration, pointer) per operand,
+        the outer loops, at(k, name) -> the element expression of operand k, the innermost loop's
+        count)."""
         sizes = [f"B * {d}" if (a == 0 and batched) else str(d) for a, d in enumerate(shape)] or ["1"]
-        st = [s or [0] for s in [dst[1], *[s for _, s in srcs]]]
+        st = [s or [0] for _, s in operands]
         merged = [[sizes[0], [s[0] for s in st]]]
         for a in range(1, len(sizes)):  # merge into the previous axis where every operand strides alike
             n, cur = shape[a], [s[a] for s in st]
@@ -109,24 +89,52 @@ class Emitter:
             else:
                 merged.append([sizes[a], cur])
         *outer, inner = merged
-        views = [dst[0], *[v for v, _ in srcs]]
         # restrict: the plan never places an output over one of its node's inputs (in-place state
         # included), so the compiler need not version each loop for overlap
-        lines = [f"{{ {dst[0].ctype} *restrict o = {dst[0].ptr};"]
-        lines += [f"  const {v.ctype} *restrict a{k} = {v.ptr};" for k, v in enumerate(views[1:])]
-        lines += [f"  for (size_t i{d} = 0; i{d} < (size_t)({ax[0]}); i{d}++)" for d, ax in enumerate(outer)]
+        views = [v for v, _ in operands]
+        ptrs = [(f"{v.ctype} *restrict {out_name(k)}", v.ptr) for k, v in enumerate(views[:outs])]
+        ptrs += [(f"const {v.ctype} *restrict a{k}", v.ptr) for k, v in enumerate(views[outs:])]
+        loops = [f"  for (size_t i{d} = 0; i{d} < (size_t)({ax[0]}); i{d}++)" for d, ax in enumerate(outer)]
 
         def at(k: int, base: str) -> str:
             off = " + ".join([f"i{d} * {ax[1][k]}" for d, ax in enumerate(outer) if ax[1][k]] or ["0"])
             step = inner[1][k]
             return f"{base}[{off}" + ("" if step == 0 else " + j" if step == 1 else f" + j * {step}") + "]"
-        elems = [at(k + 1, f"a{k}") for k in range(len(srcs))]
-        lines.append(f"  for (size_t j = 0; j < (size_t)({inner[0]}); j++) {at(0, 'o')} {op} {expr.format(*elems)}; }}")
-        return "\n".join(lines)
+        return ptrs, loops, at, inner[0]
+
+    def op_ElementwiseGroup(self, node) -> str:
+        """One loop for a run of elementwise ops (plan._fuse_elementwise): a statement per member
+        into a local, the stored outputs written from their locals. The loop is a function of its
+        pointers, one per distinct loop: Mamba's per-position prefill repeats one scan update
+        C x layers times, and compiling it once keeps gcc's time near the step loop's."""
+        run = self.plan.groups[node.name]
+        o = self.view(run[0].output[0])
+        outs = [(self.view(x), contiguous(o.shape)) for x in node.output]
+        ins = [(self.view(x), broadcast(self.view(x), o)) for x in node.input]
+        ptrs, loops, at, inner = self._nest(o.shape, o.batched, [*outs, *ins], len(outs))
+        local = {m.output[0]: f"t{k}" for k, m in enumerate(run)}
+        args = {x: at(len(outs) + k, f"a{k}") for k, x in enumerate(node.input)}
+        body = [f"const float {local[m.output[0]]} = {self._expr(m, [local.get(x) or args[x] for x in data_inputs(m)])};"
+                for m in run]
+        body += [f"{at(k, out_name(k))} = {local[x]};" for k, x in enumerate(node.output)]
+        params = ", ".join(["size_t B", *(decl for decl, _ in ptrs)])
+        code = (f"({params}) {{\n" + "\n".join(loops) + f"\n  for (size_t j = 0; j < (size_t)({inner}); j++) {{\n"
+                + "".join(f"    {line}\n" for line in body) + "  }\n}")
+        if code not in self.loop_fns:
+            self.loop_fns[code] = f"{self.prefix}_loop{len(self.loop_fns)}"
+            self.globals.append(f"static void {self.loop_fns[code]}{code}")
+        return f"{self.loop_fns[code]}(B, {', '.join(ptr for _, ptr in ptrs)});"
+
+    def _expr(self, node, args: list[str]) -> str:
+        """A fusable node's C expression over its operands' expressions."""
+        op = node.op_type
+        if op == "Pow":
+            return self._pow(node).format(*args)
+        return (UNARY[op] if op in UNARY else BINARY[op]).format(*args)
 
     def elementwise(self, out: str, ins: list[View], expr: str) -> str:
         o = self.view(out)
-        return self.loops(o.shape, o.batched, (o, _contiguous(o.shape)), [(v, _broadcast(v, o)) for v in ins], expr)
+        return self.loops(o.shape, o.batched, (o, contiguous(o.shape)), [(v, broadcast(v, o)) for v in ins], expr)
 
     def emit(self, node) -> str:
         op = node.op_type
@@ -142,9 +150,11 @@ class Emitter:
 
     # -- elementwise specials --------------------------------------------------------------
     def op_Pow(self, node):
+        return self.elementwise(node.output[0], [self.view(node.input[0])], self._pow(node))
+
+    def _pow(self, node) -> str:
         e = float(self.value(node.input[1]).reshape(-1)[0])
-        expr = "{0} * {0}" if e == 2.0 else f"powf({{0}}, {fmt_float(e)})"
-        return self.elementwise(node.output[0], [self.view(node.input[0])], expr)
+        return "{0} * {0}" if e == 2.0 else f"powf({{0}}, {fmt_float(e)})"
 
     def op_Clip(self, node):
         lo = fmt_float(self.value(node.input[1]).item()) if len(node.input) > 1 and node.input[1] else "-INFINITY"
@@ -206,11 +216,11 @@ class Emitter:
             return (f"{{ const float *a = {x.ptr}; float *o = {o.ptr};\n"
                     f"  for (size_t r = 0; r < (size_t){rows}; r++) o[r] = el_sum(a + r * {n}, {n}){scale}; }}")
         keep = tuple(1 if a in axes else d for a, d in enumerate(x.shape))  # the output, keepdims
-        acc = [0 if a in axes else st for a, st in enumerate(_contiguous(keep))]
+        acc = [0 if a in axes else st for a, st in enumerate(contiguous(keep))]
         count = self.count(o)
         fin = f" for (size_t r = 0; r < (size_t){count}; r++) o[r] *={scale[2:]};" if mean else ""
         return (f"{{ float *o = {o.ptr}; for (size_t r = 0; r < (size_t){count}; r++) o[r] = 0.0f; }}\n"
-                + self.loops(x.shape, x.batched, (o, acc), [(x, _contiguous(x.shape))], "{0}", "+=")
+                + self.loops(x.shape, x.batched, (o, acc), [(x, contiguous(x.shape))], "{0}", "+=")
                 + (f"\n{{ float *o = {o.ptr};{fin} }}" if mean else ""))
 
     # -- data movement ---------------------------------------------------------------------
@@ -230,7 +240,7 @@ class Emitter:
         if axis == 0 and x.batched:
             raise EdgelmError("the native C target cannot gather along the batch")
         picks = [int(i) % x.shape[axis] for i in idx.value.reshape(-1)]
-        rows, inner = _split_at(x, axis)
+        rows, inner = split_at(x, axis)
         size, n = np.dtype(x.dtype).itemsize, len(picks)
         src, dst = f"{self.ptr(x.name)} + r * {x.shape[axis] * inner}", f"{self.ptr(o.name)} + r * {n * inner}"
         if n == 1:
@@ -244,7 +254,7 @@ class Emitter:
         axis %= len(whole.shape)
         if axis == 0 and whole.batched:
             raise EdgelmError("the native C target cannot split or join along the batch")
-        rows, inner = _split_at(whole, axis)
+        rows, inner = split_at(whole, axis)
         size = np.dtype(whole.dtype).itemsize
         lines, off = [f"for (size_t r = 0; r < (size_t){rows}; r++) {{"], 0
         for p in parts:
@@ -271,7 +281,7 @@ class Emitter:
             raise EdgelmError("the native C target slices one non-batch axis with step 1 only")
         axis, start = cut[0]
         start = min(max(start + x.shape[axis] if start < 0 else start, 0), x.shape[axis])
-        rows, inner = _split_at(x, axis)
+        rows, inner = split_at(x, axis)
         n, size = o.shape[axis] * inner, np.dtype(x.dtype).itemsize
         return (f"for (size_t r = 0; r < (size_t){rows}; r++) memcpy({self.ptr(o.name)} + r * {n}, "
                 f"{self.ptr(x.name)} + r * {x.shape[axis] * inner} + {start * inner}, {n * size});")
@@ -281,127 +291,10 @@ class Emitter:
         perm = list(attr(node, "perm"))
         if x.batched and perm[0] != 0:
             raise EdgelmError("the native C target keeps the batch first in a Transpose")
-        st = _contiguous(x.shape)
-        return self.loops(o.shape, o.batched, (o, _contiguous(o.shape)), [(x, [st[p] for p in perm])], "{0}")
+        st = contiguous(x.shape)
+        return self.loops(o.shape, o.batched, (o, contiguous(o.shape)), [(x, [st[p] for p in perm])], "{0}")
 
     def copy(self, node) -> str:
         """An alias op whose output is a graph output: the bytes are copied into place."""
         o = self.t(node.output[0])
         return f"memcpy({self.ptr(o.name)}, {self.ptr(node.input[0])}, {self.count(o)} * {np.dtype(o.dtype).itemsize});"
-
-    # -- matmuls ---------------------------------------------------------------------------
-    def op_Gemm(self, node):
-        if attr(node, "transA", 0) or attr(node, "transB", 0) or attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0:
-            raise EdgelmError("the native C target runs Gemm without transposes or scaling only")
-        return self.op_MatMul(node)
-
-    def op_MatMul(self, node):
-        fused = self.plan.fused.get(node.output[0], {})
-        x, o = self.t(node.input[0]), self.t(node.output[0])
-        w = self.t(fused["w"].input[0]) if "w" in fused else self.t(node.input[1])
-        if w.batched or w.home not in ("weight", "const") or len(w.shape) != 2:
-            return self._batched_matmul(node)
-        k, n = w.shape
-        rows = f"(B * {x.numel // k})" if x.batched else str(x.numel // k)
-        bias, c_rows = None, 0
-        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-            c = self.t(node.input[2])
-            bias, c_rows = self.ptr(c.name), int(c.batched or (len(c.shape) == 2 and c.shape[0] > 1))
-        if "w" not in fused:
-            kernel, xp, scale, xs = "el_mm_f32", self.ptr(x.name), None, "0.0f"
-        else:
-            ws = self.t(fused["w"].input[1])
-            scale = (self.ptr(ws.name), ws.numel)
-            kernel, xp, xs = "el_mm_w8", self.ptr(x.name), "0.0f"
-            if "x" in fused:
-                dq = fused["x"]
-                kernel, xp = "el_mm_a8w8", self.ptr(dq.input[0])
-                xs = fmt_float(float(self.value(dq.input[1]).reshape(-1)[0]))
-        calls = []
-        for n0, n1, k0, k1 in nonzero_blocks(w.value):
-            ws_arg = "NULL, 0" if scale is None else (f"{scale[0]} + {n0}, {n1 - n0}" if scale[1] > 1 else f"{scale[0]}, 1")
-            c_arg = "NULL" if bias is None else f"{bias} + {n0}"
-            if k1 == k0:  # an all-zero column block: only the bias
-                calls.append(self._fill(o.name, rows, n, n0, n1, c_arg, c_rows))
-                continue
-            calls.append(f"{kernel}({self.ptr(o.name)} + {n0}, {n}, {xp} + {k0}, {k}, {self.ptr(w.name)} + {k0 * n + n0}, "
-                         f"{n}, {ws_arg}, {xs}, {c_arg}, {c_rows}, {rows}, {k1 - k0}, {n1 - n0});")
-        return "\n".join(calls)
-
-    def _fill(self, out: str, rows: str, n: int, n0: int, n1: int, c_arg: str, c_rows: int) -> str:
-        value = "0.0f" if c_arg == "NULL" else (f"({c_arg})[r * {n} + j]" if c_rows else f"({c_arg})[j]")
-        return (f"for (size_t r = 0; r < (size_t){rows}; r++) for (int j = 0; j < {n1 - n0}; j++) "
-                f"{self.ptr(out)}[r * {n} + {n0} + j] = {value};")
-
-    def _batched_matmul(self, node) -> str:
-        """(..., M, K) @ (..., K, N), the same leading dims on both sides (Mamba's <h, C>)."""
-        a, b, o = (self.t(x) for x in (node.input[0], node.input[1], node.output[0]))
-        (m, k), n = a.shape[-2:], b.shape[-1]
-        lead_a, lead_b = a.numel // (m * k), b.numel // (k * n)
-        if len(a.shape) < 3 or lead_a != lead_b or a.batched != b.batched or a.dtype != "float32":
-            raise EdgelmError("the native C target runs batched MatMul on matching float leading dims only")
-        lead = f"(B * {lead_a})" if a.batched else str(lead_a)
-        return (f"for (size_t l = 0; l < (size_t){lead}; l++) el_mm_f32({self.ptr(o.name)} + l * {m * n}, {n}, "
-                f"{self.ptr(a.name)} + l * {m * k}, {k}, {self.ptr(b.name)} + l * {k * n}, {n}, NULL, 0, 0.0f, NULL, 0, "
-                f"{m}, {k}, {n});")
-
-
-MAX_BLOCKS = 8  # more column blocks than this: the weight is not block-structured, run it whole
-MIN_SAVING = 0.1  # skip zeros only where that saves at least this share of the products
-
-
-def nonzero_blocks(w: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(n0, n1, k0, k1): column ranges of a stored (K, N) weight and the rows holding their
-    nonzeros. GRU's fused gates carry all-zero (H, H) blocks (one Gemm in ONNX instead of two);
-    compiled C need not multiply them: gru-tiny's step does 25% fewer products."""
-    k, n = w.shape
-    whole = [(0, n, 0, k)]
-    if not n or not k:
-        return whole
-    nz = w != 0
-    any_col = nz.any(axis=0)
-    first = np.where(any_col, nz.argmax(axis=0), 0)
-    last = np.where(any_col, k - nz[::-1].argmax(axis=0), 0)
-    blocks, start = [], 0
-    for j in range(1, n + 1):
-        if j == n or (first[j], last[j]) != (first[start], last[start]):
-            blocks.append((start, j, int(first[start]), int(last[start])))
-            start = j
-    kept = sum((n1 - n0) * (k1 - k0) for n0, n1, k0, k1 in blocks)
-    if len(blocks) > MAX_BLOCKS or kept > (1 - MIN_SAVING) * k * n:
-        return whole
-    return blocks
-
-
-def _split_at(t: Tensor, axis: int) -> tuple[str, int]:
-    """A tensor as rows around `axis`: (the C count of rows before it, elements after it)."""
-    outer = int(np.prod(t.shape[:axis], dtype=np.int64))
-    return (f"(B * {outer})" if t.batched else str(outer)), int(np.prod(t.shape[axis + 1:], dtype=np.int64))
-
-
-def _contiguous(shape) -> list[int]:
-    st, acc = [], 1
-    for d in reversed(shape):
-        st.append(acc)
-        acc *= d
-    return st[::-1]
-
-
-def _broadcast(v: View, out: View) -> list[int]:
-    """v's stride along each of out's axes (numpy broadcasting: right-aligned, size 1 -> 0)."""
-    r, rv = len(out.shape), len(v.shape)
-    st = _contiguous(v.shape)
-    strides = []
-    for a in range(r):
-        b = a - (r - rv)
-        if b < 0:
-            strides.append(0)
-            continue
-        vb, ob = (v.batched and b == 0), (out.batched and a == 0)
-        if v.shape[b] == 1 and not vb and (ob or out.shape[a] != 1):
-            strides.append(0)
-        elif vb == ob and v.shape[b] == out.shape[a]:
-            strides.append(st[b])
-        else:
-            raise EdgelmError(f"the native C target cannot broadcast {v.shape} to {out.shape}")
-    return strides

@@ -14,7 +14,9 @@ Homes:
   scratch a slice of the caller's scratch buffer, reused once its last reader has run
   alias   a view of another tensor (Reshape, Unsqueeze, Squeeze, Flatten, size-1 Transpose)
 Nodes that only compute shapes (Shape -> Gather -> Concat -> a Reshape's shape) are dropped:
-the probe already knows every shape they would produce.
+the probe already knows every shape they would produce. A stored int8 weight's DequantizeLinear
+is fused into its matmul, and runs of elementwise ops into one loop (a value read only inside
+the run gets no scratch at all).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from ...errors import EdgelmError
 from ...runtime.onnx_data import add_weights
+from .cexpr import data_inputs, fusable
 
 ALIGN = 64  # bytes: every scratch tensor starts on a cache line (per stream, so for every batch)
 ALIAS_OPS = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
@@ -77,6 +80,7 @@ class Plan:
     scratch_per_stream: int = 0
     copies: list[tuple[str, str]] = field(default_factory=list)  # (scratch tensor, graph output) at the end
     fused: dict[str, dict] = field(default_factory=dict)  # matmul output -> {"w": DQ node, "x": DQ node}
+    groups: dict[str, list] = field(default_factory=dict)  # ElementwiseGroup node name -> its member nodes
 
     def root(self, name: str) -> Tensor:
         t = self.tensors[name]
@@ -160,6 +164,7 @@ def build_plan(model, weights: Path, graph: str, state: list[tuple[str, str]]) -
     plan = Plan(graph, nodes, tensors, [i for i, _ in state], [o for _, o in state])
     _fuse_matmuls(plan)
     _homes(plan, model.graph)
+    _fuse_elementwise(plan)
     _in_place(plan)
     _allocate(plan)
     return plan
@@ -210,6 +215,82 @@ def _fuse_matmuls(plan: Plan) -> None:
             fused["x"] = dq_x
             drop.add(id(dq_x))
     plan.nodes = [n for n in plan.nodes if id(n) not in drop]
+
+
+MAX_OPERANDS = 12  # pointers in one fused loop: inputs + stored outputs (GCC vectorises past alias checks)
+MAX_HOISTED = 4  # nodes independent of an open run that may move ahead of its loop
+
+
+def _fuse_elementwise(plan: Plan) -> None:
+    """Runs of elementwise float ops with one output shape become one loop (an edgelm
+    ElementwiseGroup node, its members in plan.groups): a value read only inside the run stays
+    in a register instead of a scratch round trip. Mamba's per-position scan update
+    exp(dt * A) * h + (dt * u) * b is 5 nodes and one pass over (N, Di). A member reads earlier
+    members' outputs by name, never through an alias (the loop computes each element once, in
+    order). Nodes that read nothing of an open run (aliases, the (B, 1, Di) dt * u between
+    Mamba's decay and its input term) move ahead of its loop, up to MAX_HOISTED of them."""
+    from onnx import helper
+
+    readers: dict[str, set] = {}
+    for n in plan.nodes:
+        for x in reads(plan, n):
+            if x and x in plan.tensors:
+                readers.setdefault(plan.root(x).name, set()).add(id(n))
+    nodes, run, made, hoisted = [], [], set(), [0]
+
+    def close():
+        if len(run) > 1:
+            nodes.append(_group_node(plan, list(run), readers, helper))
+        else:
+            nodes.extend(run)
+        run.clear()
+        made.clear()
+        hoisted[0] = 0
+
+    for n in plan.nodes:
+        out = plan.tensors[n.output[0]]
+        independent = not any(x and x in plan.tensors and plan.root(x).name in made for x in reads(plan, n))
+        if out.home == "alias":
+            if not independent:
+                close()
+            nodes.append(n)
+            continue
+        joins = (fusable(plan, n) and run and (out.shape, out.batched) == _shape_of(plan, run[0])
+                 and all(x in made or plan.root(x).name not in made for x in data_inputs(n))
+                 and _operands([*run, n]) <= MAX_OPERANDS)
+        if not joins and run and independent and hoisted[0] < MAX_HOISTED:
+            nodes.append(n)  # it runs before the run's loop, which stays open for later members
+            hoisted[0] += 1
+            continue
+        if not joins:
+            close()
+        if fusable(plan, n):
+            run.append(n)
+            made.add(n.output[0])
+        else:
+            nodes.append(n)
+    close()
+    plan.nodes = nodes
+
+
+def _shape_of(plan: Plan, node) -> tuple:
+    t = plan.tensors[node.output[0]]
+    return t.shape, t.batched
+
+
+def _operands(run: list) -> int:
+    made = {n.output[0] for n in run}
+    return len({x for n in run for x in data_inputs(n) if x not in made}) + len(run)  # outputs: at most one each
+
+
+def _group_node(plan: Plan, run: list, readers: dict[str, set], helper):
+    inside = {id(n) for n in run}
+    made = [n.output[0] for n in run]
+    stored = [o for o in made if plan.tensors[o].home != "scratch" or readers.get(o, set()) - inside]
+    ext = list(dict.fromkeys(x for n in run for x in data_inputs(n) if x not in made))
+    name = f"group{len(plan.groups)}"
+    plan.groups[name] = run
+    return helper.make_node("ElementwiseGroup", ext, stored, name=name, domain="edgelm")
 
 
 def _zero_point(plan: Plan, dq) -> bool:
@@ -271,7 +352,8 @@ def _in_place(plan: Plan) -> None:
             out = plan.tensors[name_out]
             tmp = Tensor(f"{name_out}.tmp", out.dtype, out.shape, out.batched)
             plan.tensors[tmp.name] = tmp
-            for n in plan.nodes:  # the producer and every later reader use the scratch copy
+            every = [*plan.nodes, *(m for run in plan.groups.values() for m in run)]
+            for n in every:  # the producer and every later reader use the scratch copy
                 n.input[:] = [tmp.name if x == name_out else x for x in n.input]
                 n.output[:] = [tmp.name if x == name_out else x for x in n.output]
             plan.copies.append((tmp.name, name_out))
