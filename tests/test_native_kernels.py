@@ -179,6 +179,75 @@ def test_an_independent_node_moves_ahead_and_a_dependent_one_ends_the_run():
     assert [n.op_type for n in plan.nodes] == ["ElementwiseGroup", "MatMul", "ElementwiseGroup"]
 
 
+def test_a_fused_loop_updates_a_state_in_place_unless_the_old_state_is_read_after_it():
+    """c_out = c_in * f + g in one loop: read and written element by element, no scratch copy.
+    A matmul of c_in and the loop's a = c_in * f runs after the loop and needs the old state:
+    c_out goes to scratch and is copied at the end."""
+    from edgelm.export.native.plan import _in_place
+
+    shapes = {x: ((4, 8), True) for x in ("c_in", "f", "g", "a", "c_out", "y")}
+    homes = {"c_in": "state_in", "c_out": "state_out"}
+    update = [helper.make_node("Mul", ["c_in", "f"], ["a"]), helper.make_node("Add", ["a", "g"], ["c_out"])]
+    for later, copies in (([], []), ([helper.make_node("MatMul", ["c_in", "a"], ["y"])], [("c_out.tmp", "c_out")])):
+        plan = _plan([*update, *later], shapes, homes)
+        plan.state_in, plan.state_out = ["c_in"], ["c_out"]
+        _fuse_elementwise(plan)
+        _in_place(plan)
+        assert plan.nodes[0].op_type == "ElementwiseGroup" and plan.copies == copies
+
+
+# One stream's state updated in place (edgelm_step / edgelm_prefill: fused loops read and write
+# it element by element) against the batch API's separate state buffers: bit for bit.
+IN_PLACE_HARNESS = r"""
+#include "model.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    FILE *f = fopen(argv[1], "rb"); fseek(f, 0, SEEK_END); long n = ftell(f); fseek(f, 0, SEEK_SET);
+    void *w = malloc(n); if (fread(w, 1, n, f) != (size_t)n) return 1; fclose(f);
+    float *a = calloc(EDGELM_STATE_FLOATS, 4), *b[2] = {calloc(EDGELM_STATE_FLOATS, 4), calloc(EDGELM_STATE_FLOATS, 4)};
+    float la[256], lb[256], *pin[EDGELM_STATE_TENSORS], *pout[EDGELM_STATE_TENSORS];
+    void *scratch = malloc(edgelm_scratch_bytes(1));
+    edgelm_id_t ids[EDGELM_PREFILL_CHUNK];
+    uint8_t bytes[EDGELM_PREFILL_CHUNK];
+    for (int i = 0; i < 150; i++) {
+        const int chunk = i % 50 == 0; /* a prefill chunk now and then, steps otherwise */
+        for (int j = 0; j < EDGELM_PREFILL_CHUNK; j++) bytes[j] = (uint8_t)(ids[j] = 32 + (i * 7 + j * 13) % 90);
+        size_t off = 0;
+        for (int k = 0; k < EDGELM_STATE_TENSORS; k++) {
+            pin[k] = b[i % 2] + off; pout[k] = b[1 - i % 2] + off; off += edgelm_state_numel[k];
+        }
+        if (chunk) {
+            edgelm_prefill(w, a, bytes, EDGELM_PREFILL_CHUNK, la, scratch);
+            edgelm_prefill_batch(w, 1, ids, pin, pout, lb, scratch);
+        } else {
+            edgelm_step(w, a, bytes[0], la, scratch);
+            edgelm_step_batch(w, 1, ids, pin, pout, lb, scratch);
+        }
+        if (memcmp(la, lb, sizeof la) || memcmp(a, b[1 - i % 2], EDGELM_STATE_FLOATS * 4)) { printf("differ %d\n", i); return 0; }
+    }
+    printf("same\n");
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_stream_in_place_is_the_batch_api_bit_for_bit(bundle_dir, tmp_path, arch):
+    from edgelm.export.native.build import BASE_FLAGS
+
+    d = bundle_dir(arch)
+    src, exe = tmp_path / "inplace.c", tmp_path / "inplace"
+    src.write_text(IN_PLACE_HARNESS)
+    flags = [f for f in BASE_FLAGS if f.startswith(("-std", "-O", "-ffp"))]
+    res = subprocess.run(["cc", *flags, "-march=native", "-I", str(d), str(src), str(d / "model.c"), "-o", str(exe),
+                          "-lm"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert subprocess.run([str(exe), str(d / "weights.bin")], capture_output=True, text=True,
+                          timeout=120).stdout.strip() == "same"
+
+
 # -- how each architecture's C runs a prefill chunk -------------------------------------------
 def _prefill_shapes(model_c: str) -> list[list[int]]:
     """The shapes of the tensors the compiled prefill graph computes (its per-node comments)."""

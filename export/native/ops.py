@@ -112,6 +112,8 @@ class Emitter(MatMulOps):
         outs = [(self.view(x), contiguous(o.shape)) for x in node.output]
         ins = [(self.view(x), broadcast(self.view(x), o)) for x in node.input]
         ptrs, loops, at, inner = self._nest(o.shape, o.batched, [*outs, *ins], len(outs))
+        shared = self._in_place_state([*node.output, *node.input])  # state read and written here
+        ptrs = [(d.replace("*restrict ", "*") if k in shared else d, ptr) for k, (d, ptr) in enumerate(ptrs)]
         local = {m.output[0]: f"t{k}" for k, m in enumerate(run)}
         args = {x: at(len(outs) + k, f"a{k}") for k, x in enumerate(node.input)}
         body = [f"const float {local[m.output[0]]} = {self._expr(m, [local.get(x) or args[x] for x in data_inputs(m)])};"
@@ -124,6 +126,14 @@ class Emitter(MatMulOps):
             self.loop_fns[code] = f"{self.prefix}_loop{len(self.loop_fns)}"
             self.globals.append(f"static void {self.loop_fns[code]}{code}")
         return f"{self.loop_fns[code]}(B, {', '.join(ptr for _, ptr in ptrs)});"
+
+    def _in_place_state(self, names: list[str]) -> set[int]:
+        """Positions in `names` of a state output and its own state input (the same memory in
+        the one-stream API: plan._in_place let this loop update it element by element)."""
+        roots = [self.plan.root(x) for x in names]
+        outs = {t.index for t in roots if t.home == "state_out"}
+        ins = {t.index for t in roots if t.home == "state_in"}
+        return {k for k, t in enumerate(roots) if t.home in ("state_in", "state_out") and t.index in outs & ins}
 
     def _expr(self, node, args: list[str]) -> str:
         """A fusable node's C expression over its operands' expressions."""

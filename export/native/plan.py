@@ -344,11 +344,15 @@ def _readers(plan: Plan, root: str) -> list[int]:
 def _in_place(plan: Plan) -> None:
     """One stream's C API updates its state in place (state_in and state_out the same memory).
     A state output written before the last read of its input is computed in scratch instead
-    and copied out after the last node."""
+    and copied out after the last node. A fused loop may read its state input and write its
+    state output itself where it reads each element at the index it writes (the same shape:
+    LSTM's c = f * c + i * g, Mamba's h = exp(dt * A) * h + ...); the loop then declares the
+    two pointers without restrict."""
     produced = {o: i for i, n in enumerate(plan.nodes) for o in n.output}
     for name_in, name_out in zip(plan.state_in, plan.state_out):
         p = produced[name_out]
-        if any(i >= p for i in _readers(plan, name_in)):
+        readers = _readers(plan, name_in)
+        if any(i > p for i in readers) or (p in readers and not _elementwise_update(plan, plan.nodes[p], name_in)):
             out = plan.tensors[name_out]
             tmp = Tensor(f"{name_out}.tmp", out.dtype, out.shape, out.batched)
             plan.tensors[tmp.name] = tmp
@@ -357,6 +361,13 @@ def _in_place(plan: Plan) -> None:
                 n.input[:] = [tmp.name if x == name_out else x for x in n.input]
                 n.output[:] = [tmp.name if x == name_out else x for x in n.output]
             plan.copies.append((tmp.name, name_out))
+
+
+def _elementwise_update(plan: Plan, node, name_in: str) -> bool:
+    """Whether a fused loop reads state input `name_in` only at the element it writes."""
+    out = plan.tensors[node.output[0]]
+    ins = [plan.tensors[x] for x in node.input if plan.root(x).name == name_in]
+    return node.op_type == "ElementwiseGroup" and all((t.shape, t.batched) == (out.shape, out.batched) for t in ins)
 
 
 def _allocate(plan: Plan) -> None:
