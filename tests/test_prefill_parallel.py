@@ -26,34 +26,21 @@ def unrolled(form, ids, state):
     return FusedLM.prefill_core(form, ids, state)  # the base class: `core` once per byte
 
 
-@pytest.mark.parametrize("block", [1, 3, 16])
-@pytest.mark.parametrize("arch", PARALLEL)
+# every scan block each form can be given, and Mamba's per-position form (the one the native C
+# target compiles for its prefill: NATIVE_PREFILL "per_position")
+CHUNK_FORMS = [(arch, block, False) for arch in PARALLEL for block in (1, 3, 16)] + [("mamba", 1, True)]
+
+
+@pytest.mark.parametrize("arch, block, per_position", CHUNK_FORMS)
 @torch.no_grad()
-def test_the_chunk_path_computes_what_stepping_computes(arch, block):
+def test_the_chunk_path_computes_what_stepping_computes(arch, block, per_position):
     model = load_model(MODELS / f"{arch}-tiny.pt")
     form = fuse(model)
     ids = torch.tensor(list(TEXT[:32]) + list(TEXT[16:48])).reshape(2, 32)  # two streams
     _, state = unrolled(form, ids[:, :16], list(model.init_state(2)))  # from a state mid-text
     want_x, want = unrolled(form, ids[:, 16:], state)
     for layer in form.layers:
-        layer.SCAN_BLOCK = block
-    got_x, got = form.prefill_core(ids[:, 16:], state)
-    assert (got_x - want_x).abs().max() < 2e-5
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and (g - w).abs().max() < 2e-5
-
-
-@torch.no_grad()
-def test_mamba_s_per_position_form_computes_what_stepping_computes():
-    """The form the native C target compiles for Mamba's prefill (NATIVE_PREFILL "per_position"):
-    chunk-wide matmuls, the selective scan one position at a time."""
-    model = load_model(MODELS / "mamba-tiny.pt")
-    form = fuse(model)
-    ids = torch.tensor(list(TEXT[:32]) + list(TEXT[16:48])).reshape(2, 32)
-    _, state = unrolled(form, ids[:, :16], list(model.init_state(2)))
-    want_x, want = unrolled(form, ids[:, 16:], state)
-    for layer in form.layers:
-        layer.PER_POSITION = True
+        layer.SCAN_BLOCK, layer.PER_POSITION = block, per_position
     got_x, got = form.prefill_core(ids[:, 16:], state)
     assert (got_x - want_x).abs().max() < 2e-5
     for g, w in zip(got, want):
