@@ -236,16 +236,17 @@ def _fuse_elementwise(plan: Plan) -> None:
         for x in reads(plan, n):
             if x and x in plan.tensors:
                 readers.setdefault(plan.root(x).name, set()).add(id(n))
-    nodes, run, made, hoisted = [], [], set(), [0]
+    nodes, run, made, hoisted = [], [], set(), 0
 
     def close():
+        nonlocal hoisted
         if len(run) > 1:
             nodes.append(_group_node(plan, list(run), readers, helper))
         else:
             nodes.extend(run)
         run.clear()
         made.clear()
-        hoisted[0] = 0
+        hoisted = 0
 
     for n in plan.nodes:
         out = plan.tensors[n.output[0]]
@@ -258,9 +259,9 @@ def _fuse_elementwise(plan: Plan) -> None:
         joins = (fusable(plan, n) and run and (out.shape, out.batched) == _shape_of(plan, run[0])
                  and all(x in made or plan.root(x).name not in made for x in data_inputs(n))
                  and _operands([*run, n]) <= MAX_OPERANDS)
-        if not joins and run and independent and hoisted[0] < MAX_HOISTED:
+        if not joins and run and independent and hoisted < MAX_HOISTED:
             nodes.append(n)  # it runs before the run's loop, which stays open for later members
-            hoisted[0] += 1
+            hoisted += 1
             continue
         if not joins:
             close()
