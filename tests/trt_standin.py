@@ -201,6 +201,17 @@ class _Absent:
         raise AttributeError(f"'tensorrt.{type(obj).__name__}' object has no attribute '{self.name}'")
 
 
+def without(*names: str):
+    """Class decorator: the stand-in lacks these members (each an _Absent), as an older API does."""
+    def mark(cls: type) -> type:
+        for name in names:
+            member = _Absent()
+            member.__set_name__(cls, name)
+            setattr(cls, name, member)
+        return cls
+    return mark
+
+
 def _log(logger: _ILoggerBase | None, severity: Severity, msg: str) -> None:
     if logger is not None:
         logger.log(severity, msg)

@@ -56,7 +56,13 @@ from typing import Any
 import onnx
 
 import trt_standin as ts
-from trt_standin import _Absent
+from trt_standin import _Absent, without
+
+# What 8.2 lacks of the name-based I/O API that 8.5 introduced
+NAME_API_ENGINE = ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_dtype", "get_tensor_shape",
+                   "get_tensor_profile_shape")
+NAME_API_CONTEXT = ("set_input_shape", "set_tensor_address", "get_tensor_address", "get_tensor_shape",
+                    "execute_async_v3")
 
 # The 8.x enums in value order (the docs' member lists): 8.5 appends to 8.2's, values unchanged.
 DATA_TYPES_82 = ("FLOAT", "HALF", "INT8", "INT32", "BOOL")
@@ -225,14 +231,9 @@ class _BindingEngine(ts.CudaEngine):
         return [ts.Dims(list(s)) for s in self.profile.get(t.name, ())] if t else []
 
 
+@without(*NAME_API_ENGINE, "device_memory_size_v2")  # the name API arrived in 8.5; _v2 in 10.1
 class Engine82(_BindingEngine):
-    num_io_tensors = _Absent()  # the name API arrived in 8.5
-    get_tensor_name = _Absent()
-    get_tensor_mode = _Absent()
-    get_tensor_dtype = _Absent()
-    get_tensor_shape = _Absent()
-    get_tensor_profile_shape = _Absent()
-    device_memory_size_v2 = _Absent()  # 10.1+
+    pass
 
 
 class Engine85(_BindingEngine):
@@ -281,12 +282,9 @@ class _BindingContext(ts.ExecutionContext):
         return self._enqueue(ts._pybind_int(stream_handle, "execute_async_v2"), where)
 
 
+@without(*NAME_API_CONTEXT)  # the name API arrived in 8.5
 class Context82(_BindingContext):
-    set_input_shape = _Absent()  # the name API arrived in 8.5
-    set_tensor_address = _Absent()
-    get_tensor_address = _Absent()
-    get_tensor_shape = _Absent()
-    execute_async_v3 = _Absent()
+    pass
 
 
 class Context85(_BindingContext):

@@ -68,9 +68,9 @@ class Emitter(MatMulOps):
         """dst[...] op expr(src_k[...]) over `shape`, each operand with its stride per axis."""
         ptrs, loops, at, inner = self._nest(shape, batched, [dst, *srcs])
         elems = [at(k + 1, f"a{k}") for k in range(len(srcs))]
-        decls = [f"  {decl} = {ptr};" for decl, ptr in ptrs]
-        return "{" + "\n".join([*decls, *loops])[1:] + (f"\n  for (size_t j = 0; j < (size_t)({inner}); j++) "
-                                                         f"{at(0, 'o')} {op} {expr.format(*elems)}; }}")
+        decls = [f"{'{' if k == 0 else ' '} {decl} = {ptr};" for k, (decl, ptr) in enumerate(ptrs)]
+        return "\n".join([*decls, *loops]) + (f"\n  for (size_t j = 0; j < (size_t)({inner}); j++) "
+                                               f"{at(0, 'o')} {op} {expr.format(*elems)}; }}")
 
     @staticmethod
     def _nest(shape: tuple[int, ...], batched: bool, operands: list[tuple[View, list[int]]], outs: int = 1):
